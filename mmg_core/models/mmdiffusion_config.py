@@ -1,0 +1,176 @@
+"""Configuration of the MM-Diffusion coupled U-Net (Ruan et al., CVPR 2023).
+
+Field names follow the reference constructor where one exists, so a released checkpoint's
+settings map one to one; derived sizes are properties, never magic numbers elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+# The audio branch resamples by 4 per level, the video branch by 2 (space only).
+AUDIO_RESAMPLE_FACTOR = 4
+VIDEO_RESAMPLE_FACTOR = 2
+# Reference: audio conv dilation is 2 ** (block counter mod 10).
+MAX_DILATION_EXPONENT = 10
+
+
+@dataclass(frozen=True)
+class MMDiffusionConfig:
+    # Data shapes (reference `video_size` = [F, C, H, W], `audio_size` = [C, L]).
+    video_frames: int = 16
+    video_channels: int = 3
+    video_height: int = 64
+    video_width: int = 64
+    audio_channels: int = 1
+    audio_length: int = 25600
+    fps: float = 10.0
+    sample_rate: int = 16000
+    # Network (reference names).
+    model_channels: int = 128
+    channel_mult: tuple[int, ...] = (1, 2, 3, 4)
+    num_res_blocks: int = 2
+    num_heads: int = 4
+    num_head_channels: int = 64
+    cross_attention_resolutions: tuple[int, ...] = (2, 4, 8)
+    cross_attention_windows: tuple[int, ...] = (1, 4, 8)
+    cross_attention_shift: bool = True
+    video_attention_resolutions: tuple[int, ...] = (2, 4, 8)
+    audio_attention_resolutions: tuple[int, ...] = (-1,)
+    use_scale_shift_norm: bool = True
+    learn_sigma: bool = False
+    dropout: float = 0.0
+    # Diffusion the weights were trained with.
+    prediction_type: str = "epsilon"
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "linear"
+    # Text conditioning (None = unconditional, as the released checkpoints).
+    text_dim: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ----- derived sizes -------------------------------------------------------------------------
+    @property
+    def num_levels(self) -> int:
+        return len(self.channel_mult)
+
+    @property
+    def video_shape(self) -> tuple[int, int, int, int]:
+        """(F, C, H, W) of one sample."""
+        return (self.video_frames, self.video_channels, self.video_height, self.video_width)
+
+    @property
+    def audio_shape(self) -> tuple[int, int]:
+        """(C, L) of one sample."""
+        return (self.audio_channels, self.audio_length)
+
+    @property
+    def duration_s(self) -> float:
+        return self.video_frames / self.fps
+
+    @property
+    def video_out_channels(self) -> int:
+        return self.video_channels * (2 if self.learn_sigma else 1)
+
+    @property
+    def audio_out_channels(self) -> int:
+        return self.audio_channels * (2 if self.learn_sigma else 1)
+
+    @property
+    def has_middle_cross_attention(self) -> bool:
+        # Reference quirk: the full-window middle RS-MMA block exists only for windows [1, 4, 8].
+        return tuple(self.cross_attention_windows) == (1, 4, 8)
+
+    def shifting_windows_in_call_order(self) -> list[int]:
+        """Window S of every shifting RS-MMA block, input blocks first, then output blocks."""
+        if not self.cross_attention_shift:
+            return []
+        windows: list[int] = []
+        ds = 1
+        for level in range(self.num_levels):
+            windows += [self._window_at(ds)] * self.num_res_blocks if ds in self.cross_attention_resolutions else []
+            ds *= VIDEO_RESAMPLE_FACTOR if level != self.num_levels - 1 else 1
+        for level in reversed(range(self.num_levels)):
+            windows += [self._window_at(ds)] * (self.num_res_blocks + 1) if ds in self.cross_attention_resolutions else []
+            ds //= VIDEO_RESAMPLE_FACTOR if level else 1
+        return windows
+
+    def _window_at(self, ds: int) -> int:
+        return self.cross_attention_windows[self.cross_attention_resolutions.index(ds)]
+
+    # ----- validation ----------------------------------------------------------------------------
+    def validate(self) -> None:
+        if len(self.cross_attention_windows) != len(self.cross_attention_resolutions):
+            raise ValueError(
+                f"cross_attention_windows {self.cross_attention_windows} needs one window per entry of "
+                f"cross_attention_resolutions {self.cross_attention_resolutions}"
+            )
+        for window in self.cross_attention_windows:
+            if not 1 <= window <= self.video_frames:
+                raise ValueError(f"cross-attention window {window} must be between 1 and video_frames={self.video_frames}")
+        spatial_div = VIDEO_RESAMPLE_FACTOR ** (self.num_levels - 1)
+        if self.video_height % spatial_div or self.video_width % spatial_div:
+            raise ValueError(
+                f"video size {self.video_height}x{self.video_width} must be divisible by {spatial_div} "
+                f"for {self.num_levels} U-Net levels"
+            )
+        audio_div = AUDIO_RESAMPLE_FACTOR ** (self.num_levels - 1) * self.video_frames
+        if self.audio_length % audio_div:
+            raise ValueError(
+                f"audio_length {self.audio_length} must be divisible by {audio_div} "
+                f"(4^(levels-1) x video_frames) so every frame owns a whole audio segment at every level"
+            )
+        for width in self.channel_widths:
+            if width % 32:
+                raise ValueError(f"channel width {width} must be a multiple of 32 (GroupNorm with 32 groups)")
+            if self.num_head_channels != -1 and width % self.num_head_channels:
+                raise ValueError(f"channel width {width} is not divisible by num_head_channels={self.num_head_channels}")
+            if width % self.num_heads:
+                raise ValueError(f"channel width {width} is not divisible by num_heads={self.num_heads}")
+        if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
+            raise ValueError(f"prediction_type must be epsilon, v_prediction or sample, got {self.prediction_type!r}")
+        if self.fps <= 0 or self.sample_rate <= 0:
+            raise ValueError(f"fps ({self.fps}) and sample_rate ({self.sample_rate}) must be positive")
+
+    @property
+    def channel_widths(self) -> list[int]:
+        return [int(mult * self.model_channels) for mult in self.channel_mult]
+
+    # ----- serialisation -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "MMDiffusionConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown MM-Diffusion config field(s) {unknown}; known fields: {sorted(known)}")
+        tuple_fields = {f.name for f in fields(cls) if str(f.type).startswith("tuple")}
+        values = {k: tuple(v) if k in tuple_fields else v for k, v in data.items()}
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, text: str) -> "MMDiffusionConfig":
+        return cls.from_dict(json.loads(text))
+
+
+# Presets: the released Landscape / AIST++ configuration, and tiny ones for tests.
+PRESETS: dict[str, MMDiffusionConfig] = {
+    "mmdiffusion-released": MMDiffusionConfig(),
+    "tiny": MMDiffusionConfig(
+        video_height=16,
+        video_width=16,
+        audio_length=4096,
+        model_channels=32,
+        num_res_blocks=1,
+        num_head_channels=32,
+    ),
+}

@@ -1,0 +1,29 @@
+"""ComfyUI V3 nodes of ComfyUI-MMG. Node ids and input names are permanent once shipped."""
+
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from .models import register_model_folder
+from .output_nodes import MMGSaveAudio, MMGSaveMP4
+from .sampler_nodes import MMGDecode, MMGEmptyAVLatent, MMGLoadModel, MMGSampler
+
+NODES: list[type[io.ComfyNode]] = [
+    MMGLoadModel,
+    MMGEmptyAVLatent,
+    MMGSampler,
+    MMGDecode,
+    MMGSaveMP4,
+    MMGSaveAudio,
+]
+
+
+class MMGExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return NODES
+
+
+async def comfy_entrypoint() -> MMGExtension:
+    # The loader node lists models/mmg while its schema is built, so the folder must exist before.
+    register_model_folder()
+    return MMGExtension()

@@ -1,0 +1,85 @@
+"""The one place where ComfyUI types meet ``mmg_core`` types.
+
+ComfyUI conventions (0.3.75): IMAGE is float (N, H, W, C) in [0, 1] with frames as the batch;
+AUDIO is ``{"waveform": (B, C, T), "sample_rate": int}``. The pack's own latent type
+``MMG_AV_LATENT`` is a dict ``{"video": (B, F, C, H, W), "audio": (B, C, T), "fps", "sample_rate"}``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from einops import rearrange
+from PIL import Image
+
+from ..mmg_core.av import AV
+from ..mmg_core.pipeline import DecodedClip
+
+PREVIEW_SIZE = 256
+
+
+def make_latent(av: AV, fps: float, sample_rate: int) -> dict[str, Any]:
+    return {"video": av.video, "audio": av.audio, "fps": float(fps), "sample_rate": int(sample_rate)}
+
+
+def latent_to_av(latent: Any) -> AV:
+    if not isinstance(latent, dict) or "video" not in latent or "audio" not in latent:
+        raise ValueError("expected an MMG audio-video latent (from 'MMG Empty AV Latent' or 'MMG Sampler')")
+    return AV(video=latent["video"], audio=latent["audio"])
+
+
+def clip_to_comfy(clip: DecodedClip) -> tuple[torch.Tensor, dict[str, Any], float]:
+    """Batch of clips → (IMAGE, AUDIO, fps). Clips of a batch play back to back, in sync:
+    frames are concatenated in batch order and so is the audio, each clip's audio spanning exactly
+    its frames."""
+    images = rearrange(clip.frames, "b f h w c -> (b f) h w c").contiguous()
+    waveform = rearrange(clip.audio, "b c t -> c (b t)")[None].contiguous()
+    return images, {"waveform": waveform, "sample_rate": clip.sample_rate}, clip.fps
+
+
+def images_to_uint8(images: torch.Tensor) -> np.ndarray:
+    """IMAGE (N, H, W, C) in [0, 1] → uint8 RGB (N, H, W, 3); grey and RGBA inputs are converted."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must be an IMAGE batch (frames, height, width, channels), got {shape}")
+    if images.shape[0] == 0:
+        raise ValueError("images is empty: connect at least one frame")
+    channels = images.shape[-1]
+    if channels == 1:
+        images = images.expand(-1, -1, -1, 3)
+    elif channels == 4:
+        images = images[..., :3]
+    elif channels != 3:
+        raise ValueError(f"images must have 1, 3 or 4 channels, got {channels}")
+    return (images.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+
+@dataclass(frozen=True)
+class AudioArray:
+    samples: np.ndarray  # (C, T) float32
+    sample_rate: int
+
+
+def comfy_audio_to_array(audio: Any) -> AudioArray:
+    """AUDIO dict → (C, T) float32; a batch of waveforms is joined end to end."""
+    if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
+        raise ValueError("audio must be a ComfyUI AUDIO value ({'waveform': (B, C, T), 'sample_rate': int})")
+    waveform = audio["waveform"]
+    if not isinstance(waveform, torch.Tensor) or waveform.dim() != 3:
+        raise ValueError(f"audio waveform must be (batch, channels, samples), got {getattr(waveform, 'shape', waveform)}")
+    joined = rearrange(waveform.float().cpu(), "b c t -> c (b t)")
+    return AudioArray(samples=joined.numpy(), sample_rate=int(audio["sample_rate"]))
+
+
+def preview_image(denoised_video: torch.Tensor) -> Image.Image:
+    """Middle frame of the first clip of a predicted x0 (B, F, C, H, W) in [-1, 1], as a PIL image."""
+    frame = denoised_video[0, denoised_video.shape[1] // 2]
+    pixels = ((frame.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    image = Image.fromarray(rearrange(pixels, "c h w -> h w c").cpu().numpy())
+    scale = PREVIEW_SIZE / max(image.size)
+    if scale > 1:  # tiny clips are hard to see in the node: upscale with crisp pixels
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.NEAREST)
+    return image
