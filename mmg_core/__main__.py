@@ -34,7 +34,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     clip = decode(result, loaded.config.fps, loaded.config.sample_rate)
     out = Path(args.out)
     metadata = {"mmg": json.dumps({"model": Path(args.model).name, **vars(settings)})}
-    written = media.write_clips(out, clip.frames, clip.audio, fps=clip.fps, sample_rate=clip.sample_rate, metadata=metadata)
+    written = []
+    for index in range(settings.batch_size):
+        path = out if settings.batch_size == 1 else out.with_name(f"{out.stem}_{index}{out.suffix}")
+        frames = (clip.frames[index] * 255).round().to(torch.uint8).numpy()
+        written.append(media.write_mp4(
+            path, frames, clip.audio[index].numpy(), fps=clip.fps, sample_rate=clip.sample_rate, metadata=metadata
+        ))
     elapsed = time.perf_counter() - started
     for path in written:
         print(path)

@@ -201,14 +201,18 @@ def _run(
 
     model_dtype, device, batch = noise.video.dtype, noise.video.device, noise.batch_size
     work_dtype = torch.promote_types(model_dtype, torch.float32)  # scheduler math in >= float32
-    # Only ancestral schedulers draw noise; giving the generator to all keeps every draw seeded.
-    step_kwargs = {"generator": generator} if "generator" in inspect.signature(video_sched.step).parameters else {}
+    # Every scheduler whose step accepts a generator gets ours (only ancestral steps draw with it),
+    # so no draw ever falls back to the global RNG. UniPC's step takes none and draws nothing.
+    takes_generator = "generator" in inspect.signature(video_sched.step).parameters
+    step_kwargs = {"generator": generator} if takes_generator else {}
     alphas_cumprod = schedule.alphas_cumprod() if callback is not None else None
 
     init_sigma = float(video_sched.init_noise_sigma)
     x = noise.map(lambda n: n.to(work_dtype) * init_sigma)  # a new tensor: the input stays untouched
     for i, t in enumerate(timesteps):
-        model_in = AV(video=video_sched.scale_model_input(x.video, t), audio=audio_sched.scale_model_input(x.audio, t))
+        model_in = AV(
+            video=video_sched.scale_model_input(x.video, t), audio=audio_sched.scale_model_input(x.audio, t)
+        )
         t_batch = torch.full((batch,), t.item(), dtype=t.dtype, device=device)
         eps = denoiser(model_in.map(lambda v: v.to(model_dtype)), t_batch).map(lambda e: e.to(work_dtype))
         is_last = i == steps - 1
@@ -293,6 +297,8 @@ def sample(name: str, denoiser: Denoiser, noise: AV, schedule: NoiseSchedule, *,
     """Run sampler ``name`` (one of ``sampler_names()``) from ``noise`` (unit Gaussian, both streams).
 
     Returns a new AV with the noise's shapes, device and dtype. Exceptions raised by ``callback``
-    (e.g. a user interrupt) propagate unchanged.
+    (e.g. a user interrupt) propagate unchanged. Runs in the caller's grad mode (gradient guidance
+    needs autograd); wrap plain generation in ``torch.inference_mode()``.
     """
-    return SAMPLERS[_check_name(name)](denoiser, noise, schedule, steps=steps, generator=generator, callback=callback)
+    sampler = SAMPLERS[_check_name(name)]
+    return sampler(denoiser, noise, schedule, steps=steps, generator=generator, callback=callback)

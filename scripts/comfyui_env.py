@@ -232,6 +232,9 @@ def server_command(comfy_root: Path, base: Path, port: int, python: str = sys.ex
 def _die_with_parent() -> None:
     """Child-side: new process group, and SIGKILL if the launching process dies (Linux)."""
     os.setsid()
+    # A launcher started in the background by a shell inherits SIGINT ignored; restore it so
+    # ComfyUI gets its KeyboardInterrupt and shuts down cleanly on stop().
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except OSError:
@@ -461,7 +464,12 @@ def _run_base(args: argparse.Namespace) -> Path:
     return make_base_dir(base, _packs_from_args(args))
 
 
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(0)  # unwinds through `finally`, which stops the server
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     root = ensure_comfyui(python=args.python)
     base = _run_base(args)
     server = ServerProcess(root, base, args.python, args.extra, port=args.port)

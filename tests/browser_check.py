@@ -17,6 +17,7 @@ JavaScript exceptions and ``console.error`` calls while a workflow loads are tha
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
 import json
 import os
@@ -42,6 +43,7 @@ CHROMIUM_FLAGS = (
 # Frontend-only node types: they exist in LiteGraph but never in /object_info.
 FRONTEND_ONLY_TYPES = frozenset({"Note", "MarkdownNote", "Reroute", "PrimitiveNode"})
 READY_PROBE = "KSampler"
+PR_SET_PDEATHSIG = 1
 
 APP_READY_JS = f"""(() => {{
   const app = window.app ?? window.comfyAPI?.app?.app;
@@ -96,6 +98,7 @@ class WorkflowResult:
     missing_types: list[str] = dataclasses.field(default_factory=list)
     errors: list[str] = dataclasses.field(default_factory=list)     # JS exceptions, console.error
     warnings: list[str] = dataclasses.field(default_factory=list)   # console.warn
+    offline: list[str] = dataclasses.field(default_factory=list)    # failed requests to other hosts
     node_count: int | None = None                # nodes in the frontend graph after loading
     nodes_with_errors: list[str] = dataclasses.field(default_factory=list)
     api_prompt: dict | None = None               # graphToPrompt().output
@@ -114,6 +117,7 @@ class WorkflowResult:
             details.append(f"nodes flagged with errors: {', '.join(self.nodes_with_errors)}")
         details += [f"error: {e}" for e in self.errors]
         details += [f"warning: {w}" for w in self.warnings]
+        details += [f"offline (ignored): {o}" for o in self.offline]
         if self.node_count is not None:
             details.append(f"{self.node_count} nodes loaded; API prompt has "
                            f"{len(self.api_prompt or {})} nodes")
@@ -192,7 +196,7 @@ class Chromium:
                    "--remote-debugging-port=0", "--remote-debugging-address=127.0.0.1", "about:blank"]
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+                                            stderr=subprocess.STDOUT, preexec_fn=_own_group_die_with_parent)
         self.port = self._read_port()
 
     def _read_port(self) -> int:
@@ -221,23 +225,58 @@ class Chromium:
 
     def stop(self) -> None:
         if self.process is not None:
-            for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-                try:
-                    os.killpg(self.process.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    self.process.wait(timeout=wait)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-            try:  # helpers (renderer, zygote) share the group and may outlive the leader
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            self._close_gracefully()
+            _kill_group(self.process.pid)
             self.process = None
         shutil.rmtree(self.profile, ignore_errors=True)
         self.log_path.unlink(missing_ok=True)
+
+    def _close_gracefully(self, timeout: float = 5.0) -> None:
+        """Browser.close lets Chromium end and reap its own helper processes."""
+        try:
+            version = json.loads(_http_get(f"http://127.0.0.1:{self.port}/json/version", timeout=2.0))
+            session = CdpSession(version["webSocketDebuggerUrl"], timeout=2.0)
+            try:
+                session.socket.send(json.dumps({"id": 1, "method": "Browser.close"}))
+            finally:
+                session.close()
+            self.process.wait(timeout=timeout)
+        except Exception:
+            pass  # unreachable or hung: _kill_group below ends it regardless
+
+
+def _own_group_die_with_parent() -> None:
+    """Child-side: own process group, and SIGKILL if the launching process dies (Linux)."""
+    os.setsid()
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass  # not glibc: stop() still cleans up
+
+
+def _kill_group(pgid: int, timeout: float = 5.0) -> None:
+    """SIGKILL a process group (helpers such as the renderer and zygote share it) and wait
+    until none of it is left, so no Chromium outlives the check."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        if not _group_has_live_members(pgid):
+            return  # only zombies remain; they hold no resources
+        time.sleep(0.1)
+
+
+def _group_has_live_members(pgid: int) -> bool:
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 def _http_get(url: str, timeout: float = 5.0) -> str:
@@ -329,9 +368,24 @@ def _console_text(params: dict) -> str:
     return " ".join(str(p) for p in parts)
 
 
-def classify_events(events: Iterable[dict]) -> tuple[list[str], list[str]]:
-    """(errors, warnings) as readable lines from Runtime/Log events."""
-    errors, warnings = [], []
+@dataclasses.dataclass
+class PageMessages:
+    errors: list[str] = dataclasses.field(default_factory=list)
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    offline: list[str] = dataclasses.field(default_factory=list)
+
+
+def _is_other_host(url: str, server_url: str) -> bool:
+    """A request the frontend makes to the internet (registry, release notes): it always fails
+    here, so it says nothing about our workflows."""
+    host = urllib.parse.urlparse(url).hostname
+    return bool(host) and host != urllib.parse.urlparse(server_url).hostname
+
+
+def classify_events(events: Iterable[dict], server_url: str) -> PageMessages:
+    """Readable errors, warnings and offline-only failures from Runtime/Log events."""
+    found = PageMessages()
+    errors, warnings = found.errors, found.warnings
     for event in events:
         method, params = event.get("method"), event.get("params", {})
         if method == "Runtime.exceptionThrown":
@@ -343,11 +397,13 @@ def classify_events(events: Iterable[dict]) -> tuple[list[str], list[str]]:
         elif method == "Log.entryAdded":
             entry = params.get("entry", {})
             line = f"{entry.get('source')}: {entry.get('text')} {entry.get('url', '')}".strip()
-            if entry.get("level") == "error":
+            if entry.get("source") == "network" and _is_other_host(entry.get("url", ""), server_url):
+                found.offline.append(line)
+            elif entry.get("level") == "error":
                 errors.append(line)
             elif entry.get("level") == "warning":
                 warnings.append(line)
-    return errors, warnings
+    return found
 
 
 # --------------------------------------------------------------------------- the check
@@ -366,12 +422,12 @@ def open_app(cdp: CdpSession, url: str, timeout: float) -> None:
         except BrowserCheckError:
             pass  # navigation in progress: the context was replaced under us
         cdp.pump(0.5)
-    errors, _ = classify_events(cdp.events)
+    errors = classify_events(cdp.events, url).errors
     raise BrowserCheckError(f"the ComfyUI app did not boot at {url} within {timeout} s "
                             f"(window.app with {READY_PROBE} registered); page errors: {errors}")
 
 
-def check_one(cdp: CdpSession, path: Path, timeout: float) -> WorkflowResult:
+def check_one(cdp: CdpSession, path: Path, timeout: float, server_url: str) -> WorkflowResult:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as error:
@@ -390,9 +446,10 @@ def check_one(cdp: CdpSession, path: Path, timeout: float) -> WorkflowResult:
         value = None
         result.errors.append(str(error))
     cdp.pump(0.5)
-    errors, warnings = classify_events(cdp.take_events())
-    result.errors += errors
-    result.warnings += warnings
+    messages = classify_events(cdp.take_events(), server_url)
+    result.errors += messages.errors
+    result.warnings += messages.warnings
+    result.offline += messages.offline
     if value:
         result.missing_types = sorted(value["missing"])
         result.node_count = len(value["loaded"])
@@ -412,11 +469,11 @@ def check_workflows(server_url: str, workflow_paths: Sequence[str | os.PathLike]
         cdp = CdpSession(browser.page_ws_url())
         try:
             open_app(cdp, server_url, boot_timeout)
-            report.boot_errors, _ = classify_events(cdp.take_events())
+            report.boot_errors = classify_events(cdp.take_events(), server_url).errors
             report.frontend_version = cdp.evaluate("window.__COMFYUI_FRONTEND_VERSION__ ?? null")
             report.registered_types = cdp.evaluate("Object.keys(LiteGraph.registered_node_types).length")
             for path in workflow_paths:
-                report.workflows.append(check_one(cdp, Path(path), workflow_timeout))
+                report.workflows.append(check_one(cdp, Path(path), workflow_timeout, server_url))
         finally:
             cdp.close()
     return report
@@ -430,7 +487,7 @@ def screenshot(server_url: str, workflow_path: str | os.PathLike, png_path: str 
         cdp = CdpSession(browser.page_ws_url())
         try:
             open_app(cdp, server_url, boot_timeout)
-            result = check_one(cdp, Path(workflow_path), 60.0)
+            result = check_one(cdp, Path(workflow_path), 60.0, server_url)
             cdp.evaluate("(window.app ?? window.comfyAPI.app.app).canvas.setDirty(true, true)")
             cdp.pump(1.0)
             shot = cdp.call("Page.captureScreenshot", {"format": "png"})
@@ -438,6 +495,37 @@ def screenshot(server_url: str, workflow_path: str | os.PathLike, png_path: str 
         finally:
             cdp.close()
     return result
+
+
+def _normalised_inputs(node: dict) -> dict:
+    """Inputs with links as [str(node_id), slot] so hand-written twins compare equal."""
+    inputs = {}
+    for name, value in node.get("inputs", {}).items():
+        if isinstance(value, list) and len(value) == 2 and isinstance(value[1], int):
+            value = [str(value[0]), value[1]]
+        inputs[name] = value
+    return inputs
+
+
+def prompt_differences(frontend: dict, twin: dict) -> list[str]:
+    """Differences between the API prompt ``graphToPrompt`` made and an API-format twin file:
+    node ids, class types and input values (``_meta`` titles are ignored)."""
+    frontend = {str(k): v for k, v in frontend.items()}
+    twin = {str(k): v for k, v in twin.items()}
+    problems = [f"node {k} only in the UI workflow's prompt" for k in sorted(frontend.keys() - twin.keys())]
+    problems += [f"node {k} only in the API twin" for k in sorted(twin.keys() - frontend.keys())]
+    for node_id in sorted(frontend.keys() & twin.keys()):
+        ui_node, api_node = frontend[node_id], twin[node_id]
+        if ui_node.get("class_type") != api_node.get("class_type"):
+            problems.append(f"node {node_id}: class_type {ui_node.get('class_type')!r} in the UI "
+                            f"workflow, {api_node.get('class_type')!r} in the twin")
+            continue
+        ui_inputs, api_inputs = _normalised_inputs(ui_node), _normalised_inputs(api_node)
+        for name in sorted(ui_inputs.keys() | api_inputs.keys()):
+            if ui_inputs.get(name, "<absent>") != api_inputs.get(name, "<absent>"):
+                problems.append(f"node {node_id} ({ui_node.get('class_type')}) input {name!r}: UI "
+                                f"{ui_inputs.get(name, '<absent>')!r} vs twin {api_inputs.get(name, '<absent>')!r}")
+    return problems
 
 
 def main(argv: Sequence[str] | None = None) -> int:

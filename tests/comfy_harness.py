@@ -309,6 +309,11 @@ class ComfyServer:
         self.stop()
 
     @property
+    def pid(self) -> int:
+        """Process id of ComfyUI's main.py (also its process group id)."""
+        return self._require_process().process.pid
+
+    @property
     def running(self) -> bool:
         return self._process is not None and self._process.process is not None \
             and self._process.process.poll() is None

@@ -313,9 +313,12 @@ def test_v_prediction_model_samples_like_eps_model(name):
     def v_model(x: AV, t: torch.Tensor) -> AV:
         # v = sqrt(a) eps - sqrt(1-a) x0 with x0 = (x - sqrt(1-a) eps) / sqrt(a)  =>  v = (eps - sqrt(1-a) x) / sqrt(a)
         a = alpha_bar_at(ALPHAS, t)
-        eps = model(x, t)
-        return x.zip_map(eps, lambda xs, es: ((es.double() - (1 - a).sqrt().reshape(-1, *[1] * (xs.ndim - 1)) * xs)
-                                              / a.sqrt().reshape(-1, *[1] * (xs.ndim - 1))).float())
+
+        def to_v(xs: torch.Tensor, es: torch.Tensor) -> torch.Tensor:
+            shape = (-1,) + (1,) * (xs.ndim - 1)
+            return ((es.double() - (1 - a).sqrt().reshape(shape) * xs) / a.sqrt().reshape(shape)).float()
+
+        return x.zip_map(model(x, t), to_v)
 
     reference = run(name, model, noise, steps=20)
     converted = run(name, v_model, noise, steps=20, prediction_type="v_prediction")

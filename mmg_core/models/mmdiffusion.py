@@ -23,7 +23,7 @@ from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
+from einops import rearrange, reduce, repeat
 from torch import nn
 
 from .mmdiffusion_config import (
@@ -50,7 +50,8 @@ class GroupNorm32(nn.Module):
         self.GroupNorm = nn.GroupNorm(GROUPS, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.GroupNorm(x.float()).to(x.dtype)
+        norm = self.GroupNorm
+        return F.group_norm(x.float(), norm.num_groups, norm.weight.float(), norm.bias.float(), norm.eps).to(x.dtype)
 
 
 class FactorisedVideoConv(nn.Module):
@@ -125,17 +126,21 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10
 
 
 def video_resample(x: torch.Tensor, up: bool) -> torch.Tensor:
-    """Only space is resampled; all frames are kept at every level. x: (B, C, F, H, W)."""
+    """Only space is resampled (nearest up / 2x2 mean down); all frames are kept. x: (B, C, F, H, W)."""
+    k = VIDEO_RESAMPLE_FACTOR
     if up:
-        return F.interpolate(x, scale_factor=(1, VIDEO_RESAMPLE_FACTOR, VIDEO_RESAMPLE_FACTOR), mode="nearest")
-    return F.avg_pool3d(x, kernel_size=(1, VIDEO_RESAMPLE_FACTOR, VIDEO_RESAMPLE_FACTOR))
+        out = repeat(x, "b c f h w -> b c f (h p) (w q)", p=k, q=k)
+    else:
+        out = reduce(x, "b c f (h p) (w q) -> b c f h w", "mean", p=k, q=k)
+    return to_channels_last(out)
 
 
 def audio_resample(x: torch.Tensor, up: bool) -> torch.Tensor:
-    """Audio is resampled by 4 per level. x: (B, C, L)."""
+    """Audio is resampled by 4 per level (nearest up / mean down). x: (B, C, L)."""
+    k = AUDIO_RESAMPLE_FACTOR
     if up:
-        return F.interpolate(x, scale_factor=AUDIO_RESAMPLE_FACTOR, mode="nearest")
-    return F.avg_pool1d(x, kernel_size=AUDIO_RESAMPLE_FACTOR)
+        return repeat(x, "b c l -> b c (l p)", p=k)
+    return reduce(x, "b c (l p) -> b c l", "mean", p=k)
 
 
 # ----------------------------------------------------------------------------------------------
