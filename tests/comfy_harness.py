@@ -14,6 +14,7 @@ Errors are loud on purpose: a rejected prompt raises ``PromptRejected`` carrying
 """
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import json
 import shutil
@@ -22,7 +23,6 @@ import tempfile
 import threading
 import time
 import uuid
-import atexit
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -30,11 +30,15 @@ import requests
 import websocket  # websocket-client
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT / "scripts"))
+if str(REPO_ROOT / "scripts") not in sys.path:
+    sys.path.append(str(REPO_ROOT / "scripts"))
 import comfyui_env  # noqa: E402  (lives in scripts/, not a package)
 
 DEFAULT_PACK = comfyui_env.DEFAULT_PACK_NAME
 HTTP_TIMEOUT = 30.0
+# ComfyUI's protocol.BinaryEventTypes for frames on /ws.
+PREVIEW_IMAGE = 1
+PREVIEW_IMAGE_WITH_METADATA = 4
 
 
 class PromptRejected(RuntimeError):
@@ -167,7 +171,7 @@ class WsListener:
         self._url = f"{ws_url}?clientId={self.client_id}"
         self._connect_timeout = connect_timeout
         self._messages: list[dict] = []
-        self.binary_frames = 0
+        self._binary: list[tuple[int, bytes]] = []  # (binary event type, payload after it)
         self._changed = threading.Condition()
         self._stop = threading.Event()
         self._socket: websocket.WebSocket | None = None
@@ -201,8 +205,8 @@ class WsListener:
             with self._changed:
                 if opcode == websocket.ABNF.OPCODE_TEXT:
                     self._messages.append(json.loads(data))
-                else:
-                    self.binary_frames += 1
+                elif len(data) >= 4:
+                    self._binary.append((int.from_bytes(data[:4], "big"), bytes(data[4:])))
                 self._changed.notify_all()
         with self._changed:
             self._changed.notify_all()
@@ -221,6 +225,23 @@ class WsListener:
     def messages(self) -> list[dict]:
         with self._changed:
             return list(self._messages)
+
+    @property
+    def binary_frames(self) -> int:
+        with self._changed:
+            return len(self._binary)
+
+    def previews(self) -> list[bytes]:
+        """Encoded preview images (JPEG/PNG bytes) pushed by ProgressBar.update_absolute(preview)."""
+        with self._changed:
+            frames = list(self._binary)
+        images = []
+        for event, payload in frames:
+            if event == PREVIEW_IMAGE:  # 4-byte format code (1 JPEG, 2 PNG), then the image
+                images.append(payload[4:])
+            elif event == PREVIEW_IMAGE_WITH_METADATA:  # 4-byte JSON length, JSON, then the image
+                images.append(payload[4 + int.from_bytes(payload[:4], "big"):])
+        return images
 
     def of_type(self, event: str, prompt_id: str | None = None) -> list[dict]:
         """Data of every message of one type (optionally of one prompt)."""
@@ -274,6 +295,8 @@ class ComfyServer:
         self.boot_timeout = boot_timeout
         self.python = python
         self._process: comfyui_env.ServerProcess | None = None
+        self.root: Path | None = None   # the ComfyUI code folder (shared cache)
+        self.base: Path | None = None   # this server's base dir (models, input, output, log)
         self._final_log = ""
         self.http = requests.Session()
 
@@ -289,13 +312,13 @@ class ComfyServer:
         return self
 
     def stop(self) -> None:
-        if self._process is None:
-            return
+        """Stop the server (idempotent); remove the base dir if this object made it."""
         process, self._process = self._process, None
-        process.stop()
-        self._final_log = process.log_text()
+        if process is not None:
+            process.stop()
+            self._final_log = process.log_text()
         self.http.close()
-        if self._own_base:
+        if self._own_base and self.base is not None:
             shutil.rmtree(self.base, ignore_errors=True)
 
     def __enter__(self) -> "ComfyServer":

@@ -26,6 +26,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 ENV_SCRIPT = REPO_ROOT / "scripts" / "comfyui_env.py"
 
 GOOD_PACK_INIT = textwrap.dedent('''
+    import comfy.utils
+    from PIL import Image
     from comfy_api.latest import ComfyExtension, io
 
     class HarnessProbeAdd(io.ComfyNode):
@@ -38,9 +40,22 @@ GOOD_PACK_INIT = textwrap.dedent('''
         def execute(cls, a, b):
             return io.NodeOutput(a + b)
 
+    class HarnessProbePreview(io.ComfyNode):
+        @classmethod
+        def define_schema(cls):
+            return io.Schema(node_id="HarnessProbePreview", category="testing", is_output_node=True,
+                             inputs=[io.Int.Input("steps", min=1, max=10)], outputs=[])
+
+        @classmethod
+        def execute(cls, steps):
+            bar = comfy.utils.ProgressBar(steps)
+            for step in range(1, steps + 1):
+                bar.update_absolute(step, steps, ("JPEG", Image.new("RGB", (16, 8), (0, 255, 0)), 64))
+            return io.NodeOutput()
+
     class ProbeExtension(ComfyExtension):
         async def get_node_list(self):
-            return [HarnessProbeAdd]
+            return [HarnessProbeAdd, HarnessProbePreview]
 
     async def comfy_entrypoint():
         return ProbeExtension()
@@ -59,7 +74,7 @@ def save_prompt(color: int, width: int = 64, height: int = 48, prefix: str = "ha
 def blur_chain_prompt(color: int, blurs: int) -> dict:
     """EmptyImage -> ``blurs`` slow ImageBlur nodes (ids 2..blurs+1) -> SaveImage (last id)."""
     prompt = {"1": {"class_type": "EmptyImage",
-                    "inputs": {"width": 256, "height": 256, "batch_size": 1, "color": color}}}
+                    "inputs": {"width": 512, "height": 512, "batch_size": 1, "color": color}}}
     for index in range(2, blurs + 2):
         prompt[str(index)] = {"class_type": "ImageBlur",
                               "inputs": {"image": [str(index - 1), 0], "blur_radius": 20, "sigma": 9.0}}
@@ -99,9 +114,14 @@ def test_repo_pack_imports_without_failure(comfy_server):
     comfy_server.assert_imported("ComfyUI-MMG")
 
 
-def test_models_dir_is_under_the_servers_base(comfy_server):
+def test_models_dir_is_the_folder_the_pack_registered(comfy_server):
     path = comfy_server.models_dir("mmg")
     assert path == comfy_server.base / "models" / "mmg" and path.is_dir()
+    (path / "harness_probe.safetensors").write_bytes(b"not read, only listed")
+    try:
+        assert "harness_probe.safetensors" in comfy_server.model_files("mmg")
+    finally:
+        (path / "harness_probe.safetensors").unlink()
 
 
 @pytest.mark.server
@@ -119,7 +139,7 @@ def test_import_check_cli_fails_on_a_broken_pack_and_names_it(tmp_path):
 
 
 @pytest.mark.server
-def test_extra_server_loads_a_v3_pack_and_leaves_nothing_behind(tmp_path):
+def test_extra_server_runs_a_v3_pack_with_previews_and_leaves_nothing_behind(tmp_path):
     good = write_pack(tmp_path / "probe_good", GOOD_PACK_INIT)
     server = ComfyServer(packs={"probe_good": good})
     with server:
@@ -127,6 +147,16 @@ def test_extra_server_loads_a_v3_pack_and_leaves_nothing_behind(tmp_path):
         with pytest.raises(AssertionError, match="'ComfyUI-MMG' was not imported"):
             assert_no_import_failures(server.log_text(), ["ComfyUI-MMG"])
         assert "HarnessProbeAdd" in server.object_info("HarnessProbeAdd")
+        with server.listen() as ws:
+            prompt_id = server.queue({"1": {"class_type": "HarnessProbePreview", "inputs": {"steps": 3}}},
+                                     client_id=ws.client_id)
+            assert_success(server.wait(prompt_id, timeout=60))
+            ws.wait_event("execution_success", prompt_id=prompt_id, timeout=10)
+            progress = [(m["value"], m["max"]) for m in ws.of_type("progress", prompt_id)]
+            previews = [Image.open(io.BytesIO(jpeg)) for jpeg in ws.previews()]
+        assert progress == [(1, 3), (2, 3), (3, 3)]
+        # ComfyUI fits each preview into its max size (64), keeping the 2:1 aspect.
+        assert [(p.format, p.size) for p in previews] == [("JPEG", (64, 32))] * 3
         pid, url, base = server.pid, server.url, server.base
     assert not Path(f"/proc/{pid}").exists()
     assert port_is_closed(url)
@@ -182,7 +212,7 @@ def test_execution_error_is_returned_with_its_exception_message(comfy_server):
 
 
 def test_interrupt_stops_a_running_prompt_and_the_next_prompt_runs(comfy_server):
-    blurs = 8
+    blurs = 10
     prompt = blur_chain_prompt(0x20A040, blurs)
     last_node = str(blurs + 2)
     with comfy_server.listen() as ws:

@@ -1,0 +1,143 @@
+"""Captions: templates filled with paraphrases; the "eval" split uses wording never seen in training.
+
+A caption always names the scene, colour, tempo, pitch and background. Colours are always the
+canonical names of COLOURS (no synonyms), so a colour word in a caption is unambiguous. Every other
+attribute has several paraphrases per split; ATTRIBUTE_WORDS lists every word or phrase that names
+an attribute value (both splits), which ``caption_attributes`` uses to read a caption back.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from .config import COLOURS
+from .spec import ClipSpec, GeneratorLike, numpy_rng
+
+CAPTION_SPLITS = ("train", "eval")
+
+TEMPLATES = {
+    "train": (
+        "{subject} {tempo}, a {pitch} {sound} {sync}, {background}",
+        "{background}, {subject} {tempo} with a {pitch} {sound} {sync}",
+        "{subject} {tempo} {background}; a {pitch} {sound} {sync}",
+        "video of {subject} {tempo} {background}, with a {pitch} {sound} {sync}",
+        "a {pitch} {sound} {sync} as {subject} {tempo} {background}",
+        "{subject} {tempo} {background}. sound: a {pitch} {sound} {sync}",
+    ),
+    "eval": (
+        "a clip of {subject} {tempo} {background}, accompanied by a {pitch} {sound} {sync}",
+        "{background}: {subject} {tempo}, producing a {pitch} {sound} {sync}",
+    ),
+}
+
+# Subject phrases end in the scene's verb so that the tempo adverb can follow them.
+SUBJECTS = {
+    "ball": {
+        "train": ("a {colour} ball bouncing on the floor", "a {colour} ball bouncing", "a {colour} ball bouncing up and down"),
+        "eval": ("a {colour} ball rebounding off the floor",),
+    },
+    "drum": {
+        "train": ("a stick striking a {colour} drum", "a {colour} drum being hit with a stick", "a drumstick beating a {colour} drum"),
+        "eval": ("a {colour} drum struck by a stick",),
+    },
+    "lamp": {
+        "train": ("a {colour} lamp blinking", "a {colour} lamp switching on and off", "a {colour} lamp turning on and off"),
+        "eval": ("a {colour} lamp flashing",),
+    },
+    "slider": {
+        "train": ("a {colour} bar sliding up and down", "a {colour} slider moving up and down", "a {colour} bar rising and falling"),
+        "eval": ("a {colour} bar gliding up and down",),
+    },
+}
+
+SOUNDS = {
+    "ball": {"train": ("click", "knock", "tap"), "eval": ("clack",)},
+    "drum": {"train": ("thump", "drum hit", "boom"), "eval": ("thud",)},
+    "lamp": {"train": ("beep", "bleep", "tone"), "eval": ("buzz",)},
+    "slider": {"train": ("tone", "hum", "whistle"), "eval": ("note",)},
+}
+
+SYNCS = {
+    "ball": {"train": ("at every bounce", "each time it hits the floor", "whenever it lands"), "eval": ("on each impact",)},
+    "drum": {"train": ("at every strike", "each time the stick hits", "with every hit"), "eval": ("on each beat",)},
+    "lamp": {
+        "train": ("while it is lit", "whenever the lamp is on", "for as long as it glows"),
+        "eval": ("during each flash",),
+    },
+    "slider": {
+        "train": ("whose pitch follows the bar's height", "that rises and falls with the bar", "tracking the bar's height"),
+        "eval": ("gliding in pitch with the bar",),
+    },
+}
+
+TEMPO_WORDS = {
+    "fast": {"train": ("fast", "quickly", "rapidly", "at a fast pace"), "eval": ("briskly", "at a quick tempo")},
+    "slow": {"train": ("slowly", "at a slow pace", "at a leisurely pace"), "eval": ("unhurriedly", "at a gentle tempo")},
+}
+
+PITCH_WORDS = {
+    "low": {"train": ("low", "low-pitched", "deep"), "eval": ("low-toned", "bass")},
+    "high": {"train": ("high", "high-pitched", "sharp"), "eval": ("high-toned", "shrill")},
+}
+
+BACKGROUND_WORDS = {
+    "dark": {"train": ("on a dark background", "against a dark backdrop", "in a dark scene"), "eval": ("over a black background",)},
+    "light": {
+        "train": ("on a light background", "against a light grey backdrop", "in a bright scene"),
+        "eval": ("over a pale grey background",),
+    },
+}
+
+# Words that identify each attribute value in any caption of either split (whole-word matches).
+ATTRIBUTE_WORDS: dict[str, dict[str, tuple[str, ...]]] = {
+    "scene": {"ball": ("ball",), "drum": ("drum",), "lamp": ("lamp",), "slider": ("bar", "slider")},
+    "colour": {name: (name,) for name in COLOURS},
+    "tempo": {
+        "fast": ("fast", "quickly", "rapidly", "briskly", "quick"),
+        "slow": ("slowly", "slow", "leisurely", "unhurriedly", "gentle"),
+    },
+    "pitch": {"low": ("low", "deep", "bass"), "high": ("high", "sharp", "shrill")},
+    "background": {"dark": ("dark", "black"), "light": ("light", "bright", "pale")},
+}
+
+
+def _check_split(split: str) -> None:
+    if split not in CAPTION_SPLITS:
+        raise ValueError(f"caption split must be one of {list(CAPTION_SPLITS)}, got {split!r}")
+
+
+def _pick(rng: np.random.Generator, options: tuple[str, ...]) -> str:
+    return options[int(rng.integers(len(options)))]
+
+
+def caption_for(spec: ClipSpec, generator: GeneratorLike, split: str = "train") -> str:
+    """A caption for ``spec`` with template and paraphrases drawn from ``split``'s wording."""
+    _check_split(split)
+    rng = numpy_rng(generator)
+    template = _pick(rng, TEMPLATES[split])
+    text = template.format(
+        subject=_pick(rng, SUBJECTS[spec.scene][split]).format(colour=spec.colour),
+        tempo=_pick(rng, TEMPO_WORDS[spec.tempo][split]),
+        pitch=_pick(rng, PITCH_WORDS[spec.pitch][split]),
+        sound=_pick(rng, SOUNDS[spec.scene][split]),
+        sync=_pick(rng, SYNCS[spec.scene][split]),
+        background=_pick(rng, BACKGROUND_WORDS[spec.background][split]),
+    )
+    text = re.sub(r"\ba (?=[aeiou])", "an ", text)  # "an orange ball", "an unhurried ..."
+    return text[0].upper() + text[1:]
+
+
+def default_caption(spec: ClipSpec, split: str = "train") -> str:
+    """The caption render_clip attaches: drawn from the spec's own seed (stream 0), so deterministic."""
+    return caption_for(spec, np.random.default_rng([spec.seed, 0]), split)
+
+
+def caption_attributes(caption: str) -> dict[str, set[str]]:
+    """For each attribute, the set of values whose words occur in ``caption`` (whole words, any case)."""
+    words = set(re.findall(r"[a-z]+", caption.lower()))
+    return {
+        attribute: {value for value, names in table.items() if words & set(names)}
+        for attribute, table in ATTRIBUTE_WORDS.items()
+    }

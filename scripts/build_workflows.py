@@ -1,0 +1,143 @@
+"""Write the shipped workflows from one description: UI format in ``workflows/`` (template browser)
+and the API-format twin in ``workflows/api/`` (for POST /prompt).
+
+Run ``python scripts/build_workflows.py`` after changing a graph; the tests check that the UI file,
+converted by the real frontend (``app.graphToPrompt``), equals its API twin.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKFLOWS = ROOT / "workflows"
+
+# Socket types of the outputs we link from, by (node type, output slot).
+OUTPUT_TYPES = {
+    "MMGLoadModel": ["MMG_MODEL"],
+    "MMGEmptyAVLatent": ["MMG_AV_LATENT"],
+    "MMGSampler": ["MMG_AV_LATENT"],
+    "MMGDecode": ["IMAGE", "AUDIO", "FLOAT"],
+    "MMGSaveMP4": ["VIDEO"],
+    "CreateVideo": ["VIDEO"],
+}
+OUTPUT_NAMES = {
+    "MMGLoadModel": ["model"],
+    "MMGEmptyAVLatent": ["latent"],
+    "MMGSampler": ["latent"],
+    "MMGDecode": ["images", "audio", "fps"],
+    "MMGSaveMP4": ["video"],
+    "CreateVideo": ["VIDEO"],
+}
+
+
+@dataclass
+class Node:
+    id: int
+    type: str
+    title: str
+    widgets: dict = field(default_factory=dict)  # widget inputs, in schema order
+    links: dict = field(default_factory=dict)  # input name -> (source node id, output slot, type)
+    seed_control: str | None = None  # control_after_generate value shown after the seed widget
+    size: tuple[int, int] = (320, 130)
+
+
+def api_prompt(nodes: list[Node]) -> dict:
+    prompt = {}
+    for node in nodes:
+        inputs = {name: value for name, value in node.widgets.items() if name not in node.links}
+        inputs.update({name: [str(src), slot] for name, (src, slot, _) in node.links.items()})
+        prompt[str(node.id)] = {"class_type": node.type, "inputs": inputs, "_meta": {"title": node.title}}
+    return prompt
+
+
+def ui_workflow(nodes: list[Node], note: str) -> dict:
+    links, link_id = [], 0
+    outgoing: dict[tuple[int, int], list[int]] = {}
+    ui_nodes = []
+    x = 40
+    for order, node in enumerate(nodes):
+        inputs = []
+        for name, (src, slot, kind) in node.links.items():
+            link_id += 1
+            target_slot = len(inputs)
+            links.append([link_id, src, slot, node.id, target_slot, kind])
+            outgoing.setdefault((src, slot), []).append(link_id)
+            entry = {"name": name, "type": kind, "link": link_id}
+            if name in node.widgets:  # a widget driven by a link
+                entry["widget"] = {"name": name}
+            inputs.append(entry)
+        widgets_values = []
+        for name, value in node.widgets.items():
+            widgets_values.append(value)
+            if node.seed_control is not None and name == "seed":
+                widgets_values.append(node.seed_control)
+        ui_nodes.append({
+            "id": node.id, "type": node.type, "title": node.title,
+            "pos": [x, 80 + (order % 2) * 60], "size": list(node.size), "flags": {}, "order": order, "mode": 0,
+            "inputs": inputs, "outputs": [], "properties": {"Node name for S&R": node.type},
+            "widgets_values": widgets_values,
+        })
+        x += node.size[0] + 40
+    for ui_node, node in zip(ui_nodes, nodes):
+        for slot, (kind, name) in enumerate(zip(OUTPUT_TYPES.get(node.type, []), OUTPUT_NAMES.get(node.type, []))):
+            ui_node["outputs"].append({"name": name, "type": kind, "links": outgoing.get((node.id, slot), []), "slot_index": slot})
+    return {
+        "last_node_id": max(n.id for n in nodes), "last_link_id": link_id,
+        "nodes": ui_nodes, "links": links, "groups": [], "config": {},
+        "extra": {"mmg_note": note}, "version": 0.4,
+    }
+
+
+def mmdiffusion_head(ckpt: str) -> list[Node]:
+    """Loader → empty latent → joint sampler → decode: the start of every MM-Diffusion workflow."""
+    return [
+        Node(1, "MMGLoadModel", "Load MM-Diffusion model", {"ckpt_name": ckpt, "weight_dtype": "auto"}),
+        Node(2, "MMGEmptyAVLatent", "Empty AV latent", {"batch_size": 1}, {"model": (1, 0, "MMG_MODEL")}),
+        Node(3, "MMGSampler", "Joint audio-video sampler",
+             {"seed": 42, "steps": 20, "sampler_name": "dpmpp_2m"},
+             {"model": (1, 0, "MMG_MODEL"), "latent": (2, 0, "MMG_AV_LATENT")}, seed_control="randomize",
+             size=(320, 180)),
+        Node(4, "MMGDecode", "Decode to frames + audio", {}, {"latent": (3, 0, "MMG_AV_LATENT")}),
+    ]
+
+
+def unconditional_av() -> tuple[str, list[Node], str]:
+    nodes = mmdiffusion_head("Landscape.pt") + [
+        Node(5, "MMGSaveMP4", "Save MP4", {"fps": 10.0, "filename_prefix": "mmg/mmdiffusion", "crf": 18},
+             {"images": (4, 0, "IMAGE"), "fps": (4, 2, "FLOAT"), "audio": (4, 1, "AUDIO")}, size=(360, 420)),
+        Node(6, "MMGSaveAudio", "Save WAV", {"filename_prefix": "mmg/mmdiffusion"}, {"audio": (4, 1, "AUDIO")}),
+    ]
+    note = ("Unconditional audio-video generation with a released MM-Diffusion checkpoint "
+            "(put Landscape.pt or AIST++.pt in ComfyUI/models/mmg).")
+    return "mmg_mmdiffusion_unconditional", nodes, note
+
+
+def core_video_nodes() -> tuple[str, list[Node], str]:
+    nodes = mmdiffusion_head("Landscape.pt") + [
+        Node(5, "PreviewImage", "Preview frames", {}, {"images": (4, 0, "IMAGE")}),
+        Node(6, "CreateVideo", "Create Video (core)", {"fps": 10.0},
+             {"images": (4, 0, "IMAGE"), "fps": (4, 2, "FLOAT"), "audio": (4, 1, "AUDIO")}),
+        Node(7, "SaveVideo", "Save Video (core)", {"filename_prefix": "video/mmg", "format": "auto", "codec": "auto"},
+             {"video": (6, 0, "VIDEO")}, size=(360, 420)),
+    ]
+    note = "MM-Diffusion output wired into ComfyUI's core PreviewImage, CreateVideo and SaveVideo nodes."
+    return "mmg_mmdiffusion_core_video_nodes", nodes, note
+
+
+ALL = [unconditional_av, core_video_nodes]
+
+
+def main() -> None:
+    (WORKFLOWS / "api").mkdir(parents=True, exist_ok=True)
+    for build in ALL:
+        name, nodes, note = build()
+        (WORKFLOWS / f"{name}.json").write_text(json.dumps(ui_workflow(nodes, note), indent=1) + "\n")
+        (WORKFLOWS / "api" / f"{name}.json").write_text(json.dumps(api_prompt(nodes), indent=1) + "\n")
+        print(f"wrote workflows/{name}.json and workflows/api/{name}.json")
+
+
+if __name__ == "__main__":
+    main()

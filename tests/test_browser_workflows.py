@@ -1,0 +1,42 @@
+"""Every shipped workflow loads in the real ComfyUI frontend (headless Chromium) with all node types
+known, and each UI workflow converts (``app.graphToPrompt``) to exactly its API-format twin."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from browser_check import check_workflows, prompt_differences
+
+REPO = Path(__file__).resolve().parent.parent
+UI_WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+API_WORKFLOWS = sorted((REPO / "workflows" / "api").glob("*.json"))
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def report(comfy_server):
+    return check_workflows(comfy_server.url, UI_WORKFLOWS + API_WORKFLOWS)
+
+
+def test_workflows_ship_in_both_formats():
+    assert UI_WORKFLOWS, "no UI-format workflow in workflows/"
+    assert [p.name for p in UI_WORKFLOWS] == [p.name for p in API_WORKFLOWS], "every UI workflow needs its API twin"
+
+
+@pytest.mark.parametrize("path", UI_WORKFLOWS + API_WORKFLOWS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_workflow_loads_without_missing_nodes(report, path):
+    result = report.result(path)
+    assert result.format in ("ui", "api"), result
+    assert not result.missing_types, f"{path.name}: missing node types {result.missing_types}"
+    assert not result.errors, f"{path.name}: {result.errors}"
+
+
+@pytest.mark.parametrize("path", UI_WORKFLOWS, ids=lambda p: p.stem)
+def test_ui_workflow_equals_its_api_twin(report, path):
+    twin = json.loads((REPO / "workflows" / "api" / path.name).read_text())
+    differences = prompt_differences(report.result(path).api_prompt, twin)
+    assert not differences, "\n".join(differences)
