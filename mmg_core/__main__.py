@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 import json
 import sys
 import time
@@ -31,9 +32,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     with tqdm(total=settings.steps, desc=f"{settings.sampler} {settings.steps} steps", unit="step") as bar:
         result = generate(loaded.model, settings, callback=lambda info: bar.update(1))
-    clip = decode(result, loaded.config.fps, loaded.config.sample_rate)
+    clip = decode(result, loaded.config)
     out = Path(args.out)
-    metadata = {"mmg": json.dumps({"model": Path(args.model).name, **vars(settings)})}
+    metadata = {"mmg": json.dumps({"model": Path(args.model).name, **asdict(settings)})}
     written = []
     for index in range(settings.batch_size):
         path = out if settings.batch_size == 1 else out.with_name(f"{out.stem}_{index}{out.suffix}")

@@ -2,7 +2,8 @@
 
 ComfyUI conventions (0.3.75): IMAGE is float (N, H, W, C) in [0, 1] with frames as the batch;
 AUDIO is ``{"waveform": (B, C, T), "sample_rate": int}``. The pack's own latent type
-``MMG_AV_LATENT`` is a dict ``{"video": (B, F, C, H, W), "audio": (B, C, T), "fps", "sample_rate"}``.
+``MMG_AV_LATENT`` is a dict ``{"video": (B, F, C, H, W), "audio": (B, C, L), "config"}`` in the model's
+space (see ``mmg_core.codec``).
 """
 
 from __future__ import annotations
@@ -16,17 +17,19 @@ from einops import rearrange
 from PIL import Image
 
 from ..mmg_core.av import AV
+from ..mmg_core.models.mmdiffusion_config import MMDiffusionConfig
 from ..mmg_core.pipeline import DecodedClip
 
 PREVIEW_SIZE = 256
 
 
-def make_latent(av: AV, fps: float, sample_rate: int) -> dict[str, Any]:
-    return {"video": av.video, "audio": av.audio, "fps": float(fps), "sample_rate": int(sample_rate)}
+def make_latent(av: AV, config: MMDiffusionConfig) -> dict[str, Any]:
+    """The latent remembers its model's config: decoding needs its codec, frame rate and sample rate."""
+    return {"video": av.video, "audio": av.audio, "config": config}
 
 
 def latent_to_av(latent: Any) -> AV:
-    if not isinstance(latent, dict) or "video" not in latent or "audio" not in latent:
+    if not isinstance(latent, dict) or not {"video", "audio", "config"} <= set(latent):
         raise ValueError("expected an MMG audio-video latent (from 'MMG Empty AV Latent' or 'MMG Sampler')")
     return AV(video=latent["video"], audio=latent["audio"])
 
@@ -74,9 +77,9 @@ def comfy_audio_to_array(audio: Any) -> AudioArray:
     return AudioArray(samples=joined.numpy(), sample_rate=int(audio["sample_rate"]))
 
 
-def preview_image(denoised_video: torch.Tensor) -> Image.Image:
-    """Middle frame of the first clip of a predicted x0 (B, F, C, H, W) in [-1, 1], as a PIL image."""
-    frame = denoised_video[0, denoised_video.shape[1] // 2]
+def preview_image(pixels: torch.Tensor) -> Image.Image:
+    """Middle frame of the first clip of predicted pixels (B, F, C, H, W) in [-1, 1], as a PIL image."""
+    frame = pixels[0, pixels.shape[1] // 2]
     pixels = ((frame.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     image = Image.fromarray(rearrange(pixels, "c h w -> h w c").cpu().numpy())
     scale = PREVIEW_SIZE / max(image.size)

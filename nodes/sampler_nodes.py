@@ -7,7 +7,7 @@ import comfy.model_management as mm
 import comfy.utils
 from comfy_api.latest import io
 
-from ..mmg_core.pipeline import MAX_BATCH_SIZE, GenerationSettings, decode, generate
+from ..mmg_core.pipeline import MAX_BATCH_SIZE, GenerationSettings, decode, generate, preview_frames
 from ..mmg_core.sampling import sampler_names
 from ..mmg_core.av import AV
 from . import adapters
@@ -61,17 +61,19 @@ class MMGEmptyAVLatent(io.ComfyNode):
     @classmethod
     def execute(cls, model: MMGModel, batch_size: int = 1) -> io.NodeOutput:
         config = model.config
-        empty = AV(video=torch.zeros(batch_size, *config.video_shape), audio=torch.zeros(batch_size, *config.audio_shape))
-        return io.NodeOutput(adapters.make_latent(empty, config.fps, config.sample_rate))
+        empty = AV(
+            video=torch.zeros(batch_size, *config.latent_video_shape), audio=torch.zeros(batch_size, *config.latent_audio_shape)
+        )
+        return io.NodeOutput(adapters.make_latent(empty, config))
 
 
-def _step_callback(total: int):
+def _step_callback(total: int, config):
     """Per step: stop if the user pressed cancel, advance the bar, show the predicted middle frame."""
     bar = comfy.utils.ProgressBar(total)
 
     def callback(info) -> None:
         mm.throw_exception_if_processing_interrupted()
-        preview = ("JPEG", adapters.preview_image(info.denoised.video), adapters.PREVIEW_SIZE)
+        preview = ("JPEG", adapters.preview_image(preview_frames(info.denoised, config)), adapters.PREVIEW_SIZE)
         bar.update_absolute(info.step + 1, total, preview)
 
     return callback
@@ -104,14 +106,13 @@ class MMGSampler(io.ComfyNode):
         shape = adapters.latent_to_av(latent)
         settings = GenerationSettings(seed=seed, steps=steps, sampler=sampler_name, batch_size=shape.batch_size)
         config = model.config
-        if tuple(shape.video.shape[1:]) != config.video_shape or tuple(shape.audio.shape[1:]) != config.audio_shape:
+        if latent["config"] != config:
             raise ValueError(
-                f"the latent ({tuple(shape.video.shape[1:])} video, {tuple(shape.audio.shape[1:])} audio) does not fit "
-                f"the model ({config.video_shape}, {config.audio_shape}): make it with 'MMG Empty AV Latent' from the same model"
+                "the latent was made for another model: create it with 'MMG Empty AV Latent' from the model you sample with"
             )
         network = model.load_to_device()
-        result = generate(network, settings, callback=_step_callback(steps))
-        return io.NodeOutput(adapters.make_latent(result, latent["fps"], latent["sample_rate"]))
+        result = generate(network, settings, callback=_step_callback(steps, config))
+        return io.NodeOutput(adapters.make_latent(result, config))
 
 
 class MMGDecode(io.ComfyNode):
@@ -133,5 +134,5 @@ class MMGDecode(io.ComfyNode):
 
     @classmethod
     def execute(cls, latent: dict) -> io.NodeOutput:
-        clip = decode(adapters.latent_to_av(latent), latent["fps"], latent["sample_rate"])
+        clip = decode(adapters.latent_to_av(latent), latent["config"])
         return io.NodeOutput(*adapters.clip_to_comfy(clip))

@@ -19,6 +19,7 @@ Public layout (reference): video ``(B, F, C, H, W)``, audio ``(B, C, L)``, times
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch
@@ -27,7 +28,6 @@ from einops import rearrange, reduce, repeat
 from torch import nn
 
 from .mmdiffusion_config import (
-    AUDIO_RESAMPLE_FACTOR,
     MAX_DILATION_EXPONENT,
     VIDEO_RESAMPLE_FACTOR,
     MMDiffusionConfig,
@@ -135,9 +135,8 @@ def video_resample(x: torch.Tensor, up: bool) -> torch.Tensor:
     return to_channels_last(out)
 
 
-def audio_resample(x: torch.Tensor, up: bool) -> torch.Tensor:
-    """Audio is resampled by 4 per level (nearest up / mean down). x: (B, C, L)."""
-    k = AUDIO_RESAMPLE_FACTOR
+def audio_resample(x: torch.Tensor, up: bool, k: int) -> torch.Tensor:
+    """Audio is resampled by k per level (4 in the reference; nearest up / mean down). x: (B, C, L)."""
     if up:
         return repeat(x, "b c l -> b c (l p)", p=k)
     return reduce(x, "b c (l p) -> b c l", "mean", p=k)
@@ -196,8 +195,11 @@ class CrossAttentionBlock(nn.Module):
         # (B, F, N, C) -> (3, B, F, H, N, D)
         return rearrange(conv1x1_as_linear(conv, tokens), "b f n (three h d) -> three b f h n d", three=3, h=self.num_heads)
 
-    def forward(self, video: torch.Tensor, audio: torch.Tensor, shift: int) -> tuple[torch.Tensor, torch.Tensor]:
-        # video (B, C, F, H, W), audio (B, C, L) with L = F * segment
+    def forward(
+        self, video: torch.Tensor, audio: torch.Tensor, shift: int, gate: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """video (B, C, F, H, W), audio (B, C, L) with L = F * segment; gate (B,) scales the exchange
+        (0 switches it off for that sample: modality guidance runs the model that way)."""
         _, _, frames, height, width = video.shape
         video_tokens = rearrange(self.v_norm(video), "b c f h w -> b f (h w) c")
         audio_tokens = rearrange(self.a_norm(audio), "b c (f n) -> b f n c", f=frames)
@@ -218,7 +220,11 @@ class CrossAttentionBlock(nn.Module):
         audio_h = F.scaled_dot_product_attention(per_segment(q_a), windowed(k_v), windowed(v_v))
         video_h = rearrange(video_h, "(b f) h (y x) d -> b (h d) f y x", f=frames, y=height, x=width)
         audio_h = rearrange(audio_h, "(b f) h n d -> b (h d) (f n)", f=frames)
-        return video + self.video_proj_out(video_h), audio + self.audio_proj_out(audio_h)
+        video_h, audio_h = self.video_proj_out(video_h), self.audio_proj_out(audio_h)
+        if gate is not None:
+            video_h = video_h * gate.to(video_h.dtype).view(-1, 1, 1, 1, 1)
+            audio_h = audio_h * gate.to(audio_h.dtype).view(-1, 1, 1)
+        return video + video_h, audio + audio_h
 
 
 # ----------------------------------------------------------------------------------------------
@@ -244,9 +250,11 @@ class ResBlock(nn.Module):
         video_attention: bool = False,
         audio_attention: bool = False,
         num_heads: int = 4,
+        audio_resample_factor: int = 4,
     ):
         super().__init__()
         out_channels = out_channels or channels
+        self.audio_resample_factor = audio_resample_factor
         self.use_scale_shift_norm = use_scale_shift_norm
         self.resample = "up" if up else "down" if down else None
         self.video_in_layers = nn.Sequential(GroupNorm32(channels), nn.SiLU(), FactorisedVideoConv(channels, out_channels, 3))
@@ -288,7 +296,8 @@ class ResBlock(nn.Module):
         if self.resample:
             up = self.resample == "up"
             video_h, video = video_resample(video_h, up), video_resample(video, up)
-            audio_h, audio = audio_resample(audio_h, up), audio_resample(audio, up)
+            k = self.audio_resample_factor
+            audio_h, audio = audio_resample(audio_h, up, k), audio_resample(audio, up, k)
         emb_out = self.emb_layers(emb).to(video.dtype)
         video = self.video_skip_connection(video) + self._modulate(video_h, self.video_out_layers, emb_out)
         audio = self.audio_skip_connection(audio) + self._modulate(audio_h, self.audio_out_layers, emb_out)
@@ -316,15 +325,76 @@ class InitialBlock(nn.Module):
         return self.video_conv(video), self.audio_conv(audio)
 
 
+class TextAttention(nn.Module):
+    """One branch's cross-attention to its prompt's token states (keys masked to real tokens)."""
+
+    def __init__(self, channels: int, text_dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm = GroupNorm32(channels)
+        self.to_q = nn.Linear(channels, channels)
+        self.to_kv = nn.Linear(text_dim, 2 * channels)
+        self.proj_out = zero_init(nn.Linear(channels, channels))
+
+    def forward(self, tokens: torch.Tensor, text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """tokens (B, N, C) raw features; text (B, T, D); mask (B, T) True = real token. Returns the update."""
+        normed = self.norm(tokens.transpose(1, 2)).transpose(1, 2)
+        q = rearrange(self.to_q(normed), "b n (h d) -> b h n d", h=self.num_heads)
+        k, v = rearrange(self.to_kv(text.to(tokens.dtype)), "b t (two h d) -> two b h t d", two=2, h=self.num_heads)
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
+        return self.proj_out(rearrange(attended, "b h n d -> b n (h d)"))
+
+
+class TextAttentionBlock(nn.Module):
+    """Video tokens attend the video prompt, audio tokens the audio prompt."""
+
+    def __init__(self, channels: int, text_dim: int, num_heads: int):
+        super().__init__()
+        self.video = TextAttention(channels, text_dim, num_heads)
+        self.audio = TextAttention(channels, text_dim, num_heads)
+
+    def forward(self, video: torch.Tensor, audio: torch.Tensor, text: "TextContext") -> tuple[torch.Tensor, torch.Tensor]:
+        b, _, f, h, w = video.shape
+        video_tokens = rearrange(video, "b c f h w -> b (f h w) c")
+        video_update = self.video(video_tokens, text.video_tokens, text.video_mask)
+        video = video + to_channels_last(rearrange(video_update, "b (f h w) c -> b c f h w", f=f, h=h, w=w))
+        audio = audio + self.audio(audio.transpose(1, 2), text.audio_tokens, text.audio_mask).transpose(1, 2)
+        return video, audio
+
+
+@dataclass(frozen=True)
+class TextContext:
+    """Prompt encodings for one batch: token states (B, T, D) with masks (B, T), pooled (B, D)."""
+
+    video_tokens: torch.Tensor
+    video_mask: torch.Tensor
+    video_pooled: torch.Tensor
+    audio_tokens: torch.Tensor
+    audio_mask: torch.Tensor
+    audio_pooled: torch.Tensor
+
+
+@dataclass
+class StageContext:
+    """What every stage of one forward pass shares."""
+
+    emb: torch.Tensor  # (B, E) timestep (+ prompt) embedding
+    shifts: Iterator[int]  # RS-MMA shifts, consumed in call order
+    text: TextContext | None = None
+    coupling: torch.Tensor | None = None  # (B,) gate of the audio-video exchange; None = on
+
+
 class CoupledSequential(nn.ModuleList):
     """A U-Net stage: runs its layers on (video, audio), feeding each the inputs it needs."""
 
-    def forward(self, video, audio, emb, shifts: Iterator[int]):
+    def forward(self, video, audio, ctx: StageContext):
         for layer in self:
             if isinstance(layer, ResBlock):
-                video, audio = layer(video, audio, emb)
+                video, audio = layer(video, audio, ctx.emb)
             elif isinstance(layer, CrossAttentionBlock):
-                video, audio = layer(video, audio, next(shifts) if layer.window_shift else 0)
+                video, audio = layer(video, audio, next(ctx.shifts) if layer.window_shift else 0, ctx.coupling)
+            elif isinstance(layer, TextAttentionBlock):
+                video, audio = layer(video, audio, ctx.text)
             else:
                 video, audio = layer(video, audio)
         return video, audio
@@ -348,12 +418,15 @@ class MMDiffusionUNet(nn.Module):
 
     def __init__(self, config: MMDiffusionConfig):
         super().__init__()
-        if config.text_dim is not None:
-            raise ValueError("text conditioning is not part of the MM-Diffusion U-Net yet; set text_dim=None")
         self.config = config
         c = config
         emb_dim = c.model_channels
         self.time_embed = nn.Sequential(nn.Linear(emb_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        if c.text_conditioned:
+            # Pooled video and audio prompts join the timestep embedding (starts at zero: a new path).
+            self.text_embed = nn.Sequential(
+                nn.Linear(2 * c.text_dim, emb_dim), nn.SiLU(), zero_init(nn.Linear(emb_dim, emb_dim))
+            )
         self._dilation = _DilationCounter()
         skip_channels = self._build_encoder(emb_dim)
         self._build_middle(emb_dim)
@@ -379,6 +452,7 @@ class MMDiffusionUNet(nn.Module):
             audio_dilation=self._dilation.value(),
             use_scale_shift_norm=c.use_scale_shift_norm,
             num_heads=c.num_heads,
+            audio_resample_factor=c.audio_resample_factor,
             **kwargs,
         )
 
@@ -394,11 +468,13 @@ class MMDiffusionUNet(nn.Module):
         c = self.config
         if ds in c.cross_attention_resolutions:
             layers.append(self._cross_block(channels, c._window_at(ds), c.cross_attention_shift))
+        if c.text_conditioned and ds in c.text_attention_resolutions:
+            layers.append(TextAttentionBlock(channels, c.text_dim, c.text_heads))
 
     def _build_encoder(self, emb_dim: int) -> list[int]:
         c = self.config
         ch = c.channel_widths[0]
-        self.input_blocks = nn.ModuleList([CoupledSequential([InitialBlock(c.video_channels, c.audio_channels, ch)])])
+        self.input_blocks = nn.ModuleList([CoupledSequential([InitialBlock(c.latent_video_shape[1], c.latent_audio_shape[0], ch)])])
         skip_channels, ds = [ch], 1
         for level, width in enumerate(c.channel_widths):
             for _ in range(c.num_res_blocks):
@@ -423,6 +499,8 @@ class MMDiffusionUNet(nn.Module):
         layers: list[nn.Module] = [self._res_block(ch, emb_dim, ch, **attn)]
         if c.has_middle_cross_attention:
             layers.append(self._cross_block(ch, c.video_frames, shift=False))
+        if c.text_conditioned:
+            layers.append(TextAttentionBlock(ch, c.text_dim, c.text_heads))
         layers.append(self._res_block(ch, emb_dim, ch, **attn))
         self.middle_blocks = CoupledSequential(layers)
 
@@ -474,39 +552,51 @@ class MMDiffusionUNet(nn.Module):
         t: torch.Tensor,
         shifts: Sequence[int] | None = None,
         generator: torch.Generator | None = None,
+        text: TextContext | None = None,
+        coupling: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """video (B, F, C, H, W), audio (B, C, L), t (B,) -> (video_out, audio_out), same layouts."""
-        self._check_inputs(video, audio)
-        t = torch.as_tensor(t, device=video.device).reshape(-1).expand(video.shape[0])
-        shift_iter = iter(self.resolve_shifts(shifts, generator))
-        emb = self.time_embed(timestep_embedding(t, self.config.model_channels).to(self.time_embed[0].weight.dtype))
+        """video (B, F, C, H, W), audio (B, C, L), t (B,) -> (video_out, audio_out), same layouts.
+
+        ``text`` is required by text-conditioned configs (and refused by others); ``coupling`` (B,)
+        gates the audio-video exchange per sample (1 = on, 0 = off; None = on for all).
+        """
+        self._check_inputs(video, audio, text)
+        batch = video.shape[0]
         dtype = self.time_embed[0].weight.dtype
+        t = torch.as_tensor(t, device=video.device).reshape(-1).expand(batch)
+        emb = self.time_embed(timestep_embedding(t, self.config.model_channels).to(dtype))
+        if text is not None:
+            emb = emb + self.text_embed(torch.cat([text.video_pooled, text.audio_pooled], dim=-1).to(dtype))
+        ctx = StageContext(emb=emb, shifts=iter(self.resolve_shifts(shifts, generator)), text=text, coupling=coupling)
         v = to_channels_last(rearrange(video, "b f c h w -> b c f h w").to(dtype))
         a = audio.to(dtype)
         skips = []
         for block in self.input_blocks:
-            v, a = block(v, a, emb, shift_iter)
+            v, a = block(v, a, ctx)
             skips.append((v, a))
-        v, a = self.middle_blocks(v, a, emb, shift_iter)
+        v, a = self.middle_blocks(v, a, ctx)
         for block in self.output_blocks:
             v_skip, a_skip = skips.pop()
-            v, a = block(torch.cat([v, v_skip], dim=1), torch.cat([a, a_skip], dim=1), emb, shift_iter)
+            v, a = block(torch.cat([v, v_skip], dim=1), torch.cat([a, a_skip], dim=1), ctx)
         v, a = self.video_out(v), self.audio_out(a)
         return rearrange(v, "b c f h w -> b f c h w"), a
 
-    def _check_inputs(self, video: torch.Tensor, audio: torch.Tensor) -> None:
+    def _check_inputs(self, video: torch.Tensor, audio: torch.Tensor, text: TextContext | None) -> None:
         c = self.config
-        if video.dim() != 5 or tuple(video.shape[1:3]) != (c.video_frames, c.video_channels):
-            raise ValueError(
-                f"video must be (B, {c.video_frames}, {c.video_channels}, H, W), got {tuple(video.shape)}"
-            )
-        if audio.dim() != 3 or audio.shape[1] != c.audio_channels:
-            raise ValueError(f"audio must be (B, {c.audio_channels}, L), got {tuple(audio.shape)}")
+        if c.text_conditioned and text is None:
+            raise ValueError("this model is text-conditioned: pass text=TextContext(...) (encode a prompt, or '' for none)")
+        if not c.text_conditioned and text is not None:
+            raise ValueError("this model is unconditional: it takes no text")
+        frames, video_channels = c.latent_video_shape[:2]
+        audio_channels = c.latent_audio_shape[0]
+        if video.dim() != 5 or tuple(video.shape[1:3]) != (frames, video_channels):
+            raise ValueError(f"video must be (B, {frames}, {video_channels}, H, W), got {tuple(video.shape)}")
+        if audio.dim() != 3 or audio.shape[1] != audio_channels:
+            raise ValueError(f"audio must be (B, {audio_channels}, L), got {tuple(audio.shape)}")
         if audio.shape[0] != video.shape[0]:
             raise ValueError(f"video batch {video.shape[0]} and audio batch {audio.shape[0]} differ")
         spatial_div = VIDEO_RESAMPLE_FACTOR ** (c.num_levels - 1)
         if video.shape[-1] % spatial_div or video.shape[-2] % spatial_div:
             raise ValueError(f"video height and width must be divisible by {spatial_div}, got {tuple(video.shape[-2:])}")
-        audio_div = AUDIO_RESAMPLE_FACTOR ** (c.num_levels - 1) * c.video_frames
-        if audio.shape[-1] % audio_div:
-            raise ValueError(f"audio length must be divisible by {audio_div}, got {audio.shape[-1]}")
+        if audio.shape[-1] % c.audio_divisor:
+            raise ValueError(f"audio length must be divisible by {c.audio_divisor}, got {audio.shape[-1]}")

@@ -10,8 +10,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-# The audio branch resamples by 4 per level, the video branch by 2 (space only).
-AUDIO_RESAMPLE_FACTOR = 4
+# The video branch resamples space by 2 per level; the audio branch by `audio_resample_factor` (4 in
+# the reference).
 VIDEO_RESAMPLE_FACTOR = 2
 # Reference: audio conv dilation is 2 ** (block counter mod 10).
 MAX_DILATION_EXPONENT = 10
@@ -42,12 +42,29 @@ class MMDiffusionConfig:
     use_scale_shift_norm: bool = True
     learn_sigma: bool = False
     dropout: float = 0.0
+    audio_resample_factor: int = 4
+    # None follows the reference rule (a full-window middle RS-MMA block only for windows 1,4,8).
+    middle_cross_attention: bool | None = None
     # Diffusion the weights were trained with.
     prediction_type: str = "epsilon"
     num_train_timesteps: int = 1000
     beta_schedule: str = "linear"
-    # Text conditioning (None = unconditional, as the released checkpoints).
+    # Analytic codec between media and the space the U-Net denoises (defaults = the reference: raw
+    # pixels and raw waveform). video_patch > 1 folds p×p pixel blocks into channels; audio_codec
+    # "stft" denoises a magnitude-compressed complex STFT (|X|^c · e^{iφ} · scale, real and imaginary
+    # parts as channels, one frame per hop) that inverts exactly, with no vocoder.
+    video_patch: int = 1
+    audio_codec: str = "waveform"
+    stft_n_fft: int = 400
+    stft_hop: int = 100
+    stft_compression: float = 0.5
+    stft_scale: float = 0.15
+    # Text conditioning (None = unconditional, as the released checkpoints): cross-attention from each
+    # branch to its own prompt's token states at these downsampling rates and in the middle block,
+    # plus the pooled prompt embeddings added to the timestep embedding.
     text_dim: int | None = None
+    text_attention_resolutions: tuple[int, ...] = ()
+    text_heads: int = 4
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -69,21 +86,46 @@ class MMDiffusionConfig:
         return (self.audio_channels, self.audio_length)
 
     @property
+    def latent_video_shape(self) -> tuple[int, int, int, int]:
+        """(F, C, H, W) the U-Net sees: pixels with p×p blocks folded into channels."""
+        p = self.video_patch
+        return (self.video_frames, self.video_channels * p * p, self.video_height // p, self.video_width // p)
+
+    @property
+    def latent_audio_shape(self) -> tuple[int, int]:
+        """(C, L) the U-Net sees: the waveform, or STFT (real+imag per bin) frames, one per hop."""
+        if self.audio_codec == "stft":
+            bins = self.stft_n_fft // 2 + 1
+            return (2 * bins * self.audio_channels, self.audio_length // self.stft_hop)
+        return (self.audio_channels, self.audio_length)
+
+    @property
     def duration_s(self) -> float:
         return self.video_frames / self.fps
 
     @property
     def video_out_channels(self) -> int:
-        return self.video_channels * (2 if self.learn_sigma else 1)
+        return self.latent_video_shape[1] * (2 if self.learn_sigma else 1)
 
     @property
     def audio_out_channels(self) -> int:
-        return self.audio_channels * (2 if self.learn_sigma else 1)
+        return self.latent_audio_shape[0] * (2 if self.learn_sigma else 1)
 
     @property
     def has_middle_cross_attention(self) -> bool:
+        if self.middle_cross_attention is not None:
+            return self.middle_cross_attention
         # Reference quirk: the full-window middle RS-MMA block exists only for windows [1, 4, 8].
         return tuple(self.cross_attention_windows) == (1, 4, 8)
+
+    @property
+    def text_conditioned(self) -> bool:
+        return self.text_dim is not None
+
+    @property
+    def audio_divisor(self) -> int:
+        """Audio lengths must be multiples of this: every frame owns whole segments at every level."""
+        return self.audio_resample_factor ** (self.num_levels - 1) * self.video_frames
 
     def shifting_windows_in_call_order(self) -> list[int]:
         """Window S of every shifting RS-MMA block, input blocks first, then output blocks."""
@@ -112,18 +154,23 @@ class MMDiffusionConfig:
         for window in self.cross_attention_windows:
             if not 1 <= window <= self.video_frames:
                 raise ValueError(f"cross-attention window {window} must be between 1 and video_frames={self.video_frames}")
-        spatial_div = VIDEO_RESAMPLE_FACTOR ** (self.num_levels - 1)
+        self._validate_codec()
+        spatial_div = VIDEO_RESAMPLE_FACTOR ** (self.num_levels - 1) * self.video_patch
         if self.video_height % spatial_div or self.video_width % spatial_div:
             raise ValueError(
                 f"video size {self.video_height}x{self.video_width} must be divisible by {spatial_div} "
-                f"for {self.num_levels} U-Net levels"
+                f"for {self.num_levels} U-Net levels with video_patch {self.video_patch}"
             )
-        audio_div = AUDIO_RESAMPLE_FACTOR ** (self.num_levels - 1) * self.video_frames
-        if self.audio_length % audio_div:
+        if self.audio_resample_factor < 1:
+            raise ValueError(f"audio_resample_factor must be >= 1, got {self.audio_resample_factor}")
+        if self.latent_audio_shape[1] % self.audio_divisor:
             raise ValueError(
-                f"audio_length {self.audio_length} must be divisible by {audio_div} "
-                f"(4^(levels-1) x video_frames) so every frame owns a whole audio segment at every level"
+                f"audio length in the model ({self.latent_audio_shape[1]}) must be divisible by {self.audio_divisor} "
+                f"(audio_resample_factor^(levels-1) x video_frames) so every frame owns a whole audio "
+                f"segment at every level"
             )
+        if self.text_dim is not None and self.text_dim <= 0:
+            raise ValueError(f"text_dim must be positive or None, got {self.text_dim}")
         for width in self.channel_widths:
             if width % 32:
                 raise ValueError(f"channel width {width} must be a multiple of 32 (GroupNorm with 32 groups)")
@@ -135,6 +182,17 @@ class MMDiffusionConfig:
             raise ValueError(f"prediction_type must be epsilon, v_prediction or sample, got {self.prediction_type!r}")
         if self.fps <= 0 or self.sample_rate <= 0:
             raise ValueError(f"fps ({self.fps}) and sample_rate ({self.sample_rate}) must be positive")
+
+    def _validate_codec(self) -> None:
+        if self.video_patch < 1:
+            raise ValueError(f"video_patch must be >= 1, got {self.video_patch}")
+        if self.audio_codec not in ("waveform", "stft"):
+            raise ValueError(f"audio_codec must be 'waveform' or 'stft', got {self.audio_codec!r}")
+        if self.audio_codec == "stft":
+            if self.audio_length % self.stft_hop:
+                raise ValueError(f"audio_length {self.audio_length} must be a multiple of stft_hop {self.stft_hop}")
+            if self.stft_n_fft < self.stft_hop or (self.stft_n_fft - self.stft_hop) % 2:
+                raise ValueError("stft_n_fft must be >= stft_hop and differ from it by an even number of samples")
 
     @property
     def channel_widths(self) -> list[int]:

@@ -82,10 +82,14 @@ def label_pixels(frames, background=None) -> np.ndarray:
     frames = _check_frames(frames)
     bg = background_rgb(frames) if background is None else np.asarray(background, np.float32)
     palette = np.array([*COLOURS.values(), bg, PROP_GREY], np.float32)
-    pixels = srgb_to_lab(frames.reshape(-1, 3)) * _LAB_WEIGHTS  # (N, 3)
+    # Label each distinct colour once: a clip has far fewer colours than pixels.
+    packed = frames.reshape(-1, 3).astype(np.int32) @ np.array([1 << 16, 1 << 8, 1], np.int32)
+    distinct, inverse = np.unique(packed, return_inverse=True)
+    rgb = np.stack([distinct >> 16, (distinct >> 8) & 255, distinct & 255], -1)
+    colours = srgb_to_lab(rgb) * _LAB_WEIGHTS  # (U, 3)
     targets = srgb_to_lab(palette) * _LAB_WEIGHTS  # (9, 3)
-    distance = ((pixels[:, None, :] - targets[None, :, :]) ** 2).sum(-1)  # (N, 9)
-    return distance.argmin(-1).reshape(frames.shape[:3]).astype(np.int8)
+    distance = ((colours[:, None, :] - targets[None, :, :]) ** 2).sum(-1)  # (U, 9)
+    return distance.argmin(-1).astype(np.int8)[inverse.ravel()].reshape(frames.shape[:3])
 
 
 def _colour_from_labels(labels: np.ndarray) -> str | None:
@@ -128,8 +132,8 @@ def _frame_stats(mask: np.ndarray) -> tuple[float, float, float, float]:
     return float(rows.mean()), float(c95 - c5 + 1), float(r95 - r5 + 1), float(r5)
 
 
-def track_object(frames, labels: np.ndarray | None = None) -> ObjectTrack:
-    labels = label_pixels(frames) if labels is None else labels
+def track_object(labels: np.ndarray) -> ObjectTrack:
+    """Follow the most voted colour through the (F, H, W) labels of label_pixels."""
     colour = _colour_from_labels(labels)
     if colour is None:
         empty = np.full(labels.shape[0], math.nan)
@@ -137,6 +141,25 @@ def track_object(frames, labels: np.ndarray | None = None) -> ObjectTrack:
     masks = labels == COLOUR_NAMES.index(colour)
     stats = np.array([_frame_stats(mask) for mask in masks])  # (F, 4)
     return ObjectTrack(colour, masks.sum((1, 2)).astype(np.float64), *stats.T)
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the analysis reads from the frames, computed once per clip (see observe)."""
+
+    size: int  # frame height in pixels
+    labels: np.ndarray  # (F, H, W) label_pixels
+    track: ObjectTrack
+
+    @property
+    def scale(self) -> float:
+        return self.size / 64.0
+
+
+def observe(frames) -> Observation:
+    frames = _check_frames(frames)
+    labels = label_pixels(frames)
+    return Observation(size=frames.shape[1], labels=labels, track=track_object(labels))
 
 
 def _present(track: ObjectTrack) -> np.ndarray:
@@ -207,15 +230,25 @@ def audio_onsets(audio, sr: int, *, rise_db: float = 15.0, range_db: float = 35.
     return onsets
 
 
-def _peak_frequency(window: np.ndarray, sr: int, low_hz: float = 80.0, high_hz: float = 4000.0) -> float:
-    """Frequency of the strongest spectral peak (Hann window, 8x zero padding, parabolic interpolation)."""
-    n_fft = 8 * window.size
-    spectrum = np.log(np.abs(np.fft.rfft(window * np.hanning(window.size), n_fft)) + 1e-12)
+def _power_spectrum(windows: np.ndarray) -> np.ndarray:
+    """(..., n_fft // 2 + 1) power of Hann-windowed windows (..., N) with 8x zero padding."""
+    size = windows.shape[-1]
+    return np.abs(np.fft.rfft(windows * np.hanning(size), 8 * size)) ** 2
+
+
+def _spectral_peak(power: np.ndarray, sr: int, low_hz: float = 80.0, high_hz: float = 4000.0) -> float:
+    """Frequency of the strongest peak of a power spectrum (parabolic interpolation in log power)."""
+    n_fft = 2 * (power.size - 1)
+    spectrum = np.log(power + 1e-24)
     lo, hi = int(low_hz * n_fft / sr), int(high_hz * n_fft / sr)
     k = lo + int(np.argmax(spectrum[lo:hi]))
     a, b, c = spectrum[k - 1], spectrum[k], spectrum[k + 1]
     offset = 0.5 * (a - c) / (a - 2 * b + c) if a - 2 * b + c < 0 else 0.0
     return (k + offset) * sr / n_fft
+
+
+def _peak_frequency(window: np.ndarray, sr: int) -> float:
+    return _spectral_peak(_power_spectrum(window), sr)
 
 
 def frame_pitch_hz(audio, sr: int, fps: float, num_frames: int, window_s: float = 0.032) -> np.ndarray:
@@ -227,14 +260,17 @@ def frame_pitch_hz(audio, sr: int, fps: float, num_frames: int, window_s: float 
 
 
 def dominant_pitch_hz(audio, sr: int) -> float:
-    """Median peak frequency of the loud (within 20 dB of the loudest) 32 ms windows."""
+    """Peak of the mean power spectrum of the loud (within 20 dB of the loudest) 32 ms windows.
+
+    Averaging power before peak picking lets a tonal component stand out of broadband noise.
+    """
     samples = _check_audio(audio)
-    size = round(0.032 * sr)
-    starts = np.arange(0, max(samples.size - size, 0) + 1, size // 2)
+    size = min(round(0.032 * sr), samples.size)
+    starts = np.arange(0, samples.size - size + 1, max(size // 2, 1))
     windows = np.stack([samples[s : s + size] for s in starts])
     energy = (windows**2).mean(-1)
     loud = windows[energy >= energy.max() * 0.01]
-    return float(np.median([_peak_frequency(w, sr) for w in loud]))
+    return _spectral_peak(_power_spectrum(loud).mean(0), sr)
 
 
 def estimate_pitch(audio, sr: int) -> str:
@@ -268,30 +304,37 @@ def audio_texture(audio, sr: int) -> str:
 def classify_scene(frames, audio, sr: int) -> str:
     """ball / drum / lamp / slider from the coloured object's behaviour, or from the audio alone.
 
-    Rules on the object's track: it vanishes in some frames (smallest area < 40 % of the largest):
-    lamp; it keeps still (centroid row std < 3 px at 64 px): drum, whose colour is the drum body
-    while the grey stick moves; it moves and is flat (width / height > 2.2): slider; else ball.
+    Rules on the coloured object's track (pixel sizes at 64 px, scaled with the frame): where it is
+    visible it keeps still (centroid row std < 3 px): a lamp if it vanishes in some frames
+    (smallest area < 40 % of the largest), else a drum (whose colour is the drum body while the grey
+    stick moves); it moves: a slider if wide (median width >= 20 px: the bar is 28 px, the ball
+    14 px; width survives motion blur and ghosting, which stretch an object vertically), else ball.
     Without a coloured object the audio decides: continuous -> slider, sustained -> lamp,
     impulsive -> ball (a ball and a drum sound alike to these rules).
     """
-    frames = _check_frames(frames)
-    track = track_object(frames)
+    return _classify(observe(frames), audio, sr)
+
+
+def _classify(seen: Observation, audio, sr: int) -> str:
+    track = seen.track
     if track.colour is None:
         return {"continuous": "slider", "sustained": "lamp", "impulsive": "ball"}[audio_texture(audio, sr)]
-    if track.area.min() < 0.4 * track.area.max():
-        return "lamp"
-    scale = frames.shape[1] / 64.0
-    if np.nanstd(track.row) < 3.0 * scale:
-        return "drum"
-    aspect = np.nanmedian(track.width / track.height)
-    return "slider" if aspect > 2.2 else "ball"
+    visible = _present(track) & np.isfinite(track.row)
+    if np.std(track.row[visible]) < 3.0 * seen.scale:
+        return "lamp" if track.area.min() < 0.4 * track.area.max() else "drum"
+    return "slider" if np.nanmedian(track.width[visible]) >= 20.0 * seen.scale else "ball"
 
 
-def _peak_frames(signal: np.ndarray, min_level: float) -> list[int]:
-    """Frames at a local maximum (first frame of a plateau) reaching at least ``min_level``."""
+def _peak_frames(signal: np.ndarray, min_level: float, edge_level: float) -> list[int]:
+    """Frames at a local maximum (first frame of a plateau) reaching at least ``min_level``.
+
+    The first and last frame see only one neighbour, so a motion cut off by the clip's edge looks
+    like a maximum there; they must reach the stricter ``edge_level``.
+    """
     peaks = []
     for f, value in enumerate(signal):
-        if not np.isfinite(value) or value < min_level:
+        edge = f == 0 or f == signal.size - 1
+        if not np.isfinite(value) or value < (edge_level if edge else min_level):
             continue
         before = signal[f - 1] if f > 0 else -np.inf
         after = signal[f + 1] if f + 1 < signal.size else -np.inf
@@ -301,19 +344,21 @@ def _peak_frames(signal: np.ndarray, min_level: float) -> list[int]:
 
 
 def _lowest_frames(signal: np.ndarray) -> list[int]:
-    """Local maxima of a row signal within the lowest 30 % of its range (at least 2 px)."""
+    """Local maxima of a row signal within the lowest 30 % of its range (at least 2 px); on the
+    clip's first and last frame within the lowest 10 % (at least 1 px)."""
     finite = signal[np.isfinite(signal)]
     if finite.size < 2:
         return []
     top, bottom = finite.min(), finite.max()
-    return _peak_frames(signal, bottom - max(0.3 * (bottom - top), 2.0))
+    return _peak_frames(signal, bottom - max(0.3 * (bottom - top), 2.0), bottom - max(0.1 * (bottom - top), 1.0))
 
 
-def _stick_row(frames: np.ndarray, labels: np.ndarray, track: ObjectTrack) -> np.ndarray:
+def _stick_row(seen: Observation) -> np.ndarray:
     """(F,) mean row of the grey stick's pixels above the drum: largest when the stick is down."""
-    drum_top = np.nanmedian(track.top) if np.isfinite(track.top).any() else frames.shape[1]
-    rows = np.arange(frames.shape[1])[None, :, None]
-    stick = (labels == _PROP_LABEL) & (rows < drum_top - 2)
+    top = seen.track.top
+    drum_top = np.nanmedian(top) if np.isfinite(top).any() else seen.size
+    rows = np.arange(seen.size)[None, :, None]
+    stick = (seen.labels == _PROP_LABEL) & (rows < drum_top - 2 * seen.scale)
     counts = stick.sum((1, 2))
     return np.where(counts >= 3, (stick * rows).sum((1, 2)) / np.maximum(counts, 1), np.nan)
 
@@ -321,15 +366,17 @@ def _stick_row(frames: np.ndarray, labels: np.ndarray, track: ObjectTrack) -> np
 def visual_event_frames(frames, scene: str) -> list[int]:
     """Frames of visible events: ball floor contacts (lowest positions), drum strikes (stick down),
     lamp switch-ons (lit after an unlit frame). The slider has none (use slider_pitch_correlation)."""
-    frames = _check_frames(frames)
     if scene not in SCENES:
         raise ValueError(f"scene must be one of {list(SCENES)}, got {scene!r}")
-    labels = label_pixels(frames)
-    track = track_object(frames, labels)
+    return _event_frames(observe(frames), scene)
+
+
+def _event_frames(seen: Observation, scene: str) -> list[int]:
+    track = seen.track
     if scene == "ball":
         return _lowest_frames(track.row)
     if scene == "drum":
-        return _lowest_frames(_stick_row(frames, labels, track))
+        return _lowest_frames(_stick_row(seen))
     if scene == "lamp":
         lit = _present(track) & (track.area > 0)
         return [f for f in range(1, lit.size) if lit[f] and not lit[f - 1]]
@@ -343,8 +390,11 @@ def visual_events(frames, fps: float, scene: str) -> list[float]:
 
 def slider_heights(frames) -> np.ndarray:
     """(F,) height of the coloured bar in pixels above the bottom row (NaN where not found)."""
-    frames = _check_frames(frames)
-    return frames.shape[1] - 1 - track_object(frames).row
+    return _heights(observe(frames))
+
+
+def _heights(seen: Observation) -> np.ndarray:
+    return seen.size - 1 - seen.track.row
 
 
 def dominant_frequency(signal: np.ndarray, rate: float, low_hz: float = 0.4) -> float:
@@ -371,14 +421,17 @@ def tempo_from_events(times: list[float]) -> str:
 def estimate_tempo(frames, audio, sr: int, fps: float, scene: str | None = None) -> str:
     """"slow" or "fast": the slider's oscillation frequency, else the gaps between visual events
     (or between audio onsets when the picture shows fewer than two events)."""
-    frames = _check_frames(frames)
-    scene = classify_scene(frames, audio, sr) if scene is None else scene
+    seen = observe(frames)
+    return _tempo(seen, audio, sr, fps, _classify(seen, audio, sr) if scene is None else scene)
+
+
+def _tempo(seen: Observation, audio, sr: int, fps: float, scene: str) -> str:
     if scene == "slider":
-        heights = slider_heights(frames)
+        heights = _heights(seen)
         if np.isfinite(heights).sum() < 4:
             return "slow"
         return "fast" if dominant_frequency(heights, fps) > _FAST_SLIDER_HZ else "slow"
-    events = visual_events(frames, fps, scene)
+    events = [f / fps for f in _event_frames(seen, scene)]
     if len(events) < 2:
         events = audio_onsets(audio, sr)
     return tempo_from_events(events)
@@ -426,7 +479,11 @@ def slider_pitch_correlation(frames, audio, sr: int, fps: float) -> float:
     Pitch per frame is the spectral peak of a 32 ms window centred on the frame's time, so the
     bar drawn in frame k is compared with the tone at k / fps.
     """
-    heights = slider_heights(frames)
+    return _slider_r(observe(frames), audio, sr, fps)
+
+
+def _slider_r(seen: Observation, audio, sr: int, fps: float) -> float:
+    heights = _heights(seen)
     pitch = np.log2(frame_pitch_hz(audio, sr, fps, heights.size))
     valid = np.isfinite(heights) & np.isfinite(pitch)
     if valid.sum() < 3 or np.std(heights[valid]) == 0 or np.std(pitch[valid]) == 0:
@@ -463,16 +520,16 @@ class ClipAnalysis:
 
 def analyse_clip(frames, audio, sr: int, fps: float) -> ClipAnalysis:
     """All measurements of one decoded clip."""
-    frames, samples = _check_frames(frames), _check_audio(audio)
-    scene = classify_scene(frames, samples, sr)
+    seen, samples = observe(frames), _check_audio(audio)
+    scene = _classify(seen, samples, sr)
     onsets = tuple(audio_onsets(samples, sr))
-    events = tuple(visual_events(frames, fps, scene))
-    slider_r = slider_pitch_correlation(frames, samples, sr, fps) if scene == "slider" else math.nan
+    events = tuple(f / fps for f in _event_frames(seen, scene))
+    slider_r = _slider_r(seen, samples, sr, fps) if scene == "slider" else math.nan
     return ClipAnalysis(
         background=detect_background(frames),
-        colour=object_colour(frames),
+        colour=seen.track.colour,
         scene=scene,
-        tempo=estimate_tempo(frames, samples, sr, fps, scene),
+        tempo=_tempo(seen, samples, sr, fps, scene),
         pitch=estimate_pitch(samples, sr),
         onsets=onsets,
         events=events,

@@ -19,7 +19,9 @@ from .timeline import Timeline, slider_height
 PEAK = 0.85  # loudest sample after normalisation (the brief's limit is 0.9)
 NOISE_FLOOR = 0.002  # std of the constant background hiss, about -54 dBFS
 RAMP_S = 0.004  # beep fade in / out
-IMPACT_S, DRUM_S = 0.25, 0.3  # length of one impact / drum sound (they overlap-add if longer)
+# Length of one impact / drum sound, ending with a 10 ms fade: both end before the next event even at
+# the shortest interval (0.3 s), so every onset rises out of silence (plus hiss).
+IMPACT_S, DRUM_S, FADE_S = 0.25, 0.28, 0.01
 
 
 def base_frequency(spec: ClipSpec) -> float:
@@ -56,11 +58,14 @@ def _beep(length: int, sr: int, hz: float, ramp_in: bool, ramp_out: bool, start_
 
 def _add_events(out, spec, timeline, config, rng, make) -> None:
     hz, sr = base_frequency(spec), config.sample_rate
-    seconds = IMPACT_S if spec.scene == "ball" else DRUM_S
+    full = round((IMPACT_S if spec.scene == "ball" else DRUM_S) * sr)
+    fade = round(FADE_S * sr)
     for frame in timeline.events:
         start = config.frame_sample(frame)
-        length = min(round(seconds * sr), out.shape[0] - start)
-        out[start : start + length] += make(length, sr, hz, rng)[:length]
+        sound = make(full, sr, hz, rng)
+        sound[full - fade :] *= _raised_cosine(fade)[::-1]
+        length = min(full, out.shape[0] - start)  # the last events are cut by the clip's end
+        out[start : start + length] += sound[:length]
 
 
 def _add_beeps(out, spec, timeline, config) -> None:
@@ -80,8 +85,8 @@ def _add_tone(out, spec, config) -> None:
     out += 0.45 * np.sin(phase)
 
 
-def render_audio(spec: ClipSpec, timeline: Timeline, config: WorldConfig) -> np.ndarray:
-    """(T,) float32 in [-PEAK, PEAK]."""
+def render_audio(spec: ClipSpec, timeline: Timeline, config: WorldConfig, *, hiss: bool = True) -> np.ndarray:
+    """(T,) float32 in [-PEAK, PEAK]; ``hiss=False`` leaves out the background noise (for exact checks)."""
     rng = np.random.default_rng([spec.seed, 1])  # stream 1: sound noise (stream 0 is the caption)
     out = np.zeros(config.num_samples, np.float64)
     if spec.scene == "ball":
@@ -92,7 +97,9 @@ def render_audio(spec: ClipSpec, timeline: Timeline, config: WorldConfig) -> np.
         _add_beeps(out, spec, timeline, config)
     else:
         _add_tone(out, spec, config)
-    out += NOISE_FLOOR * rng.standard_normal(out.shape[0])
+    noise = NOISE_FLOOR * rng.standard_normal(out.shape[0])  # drawn either way: same sounds with or without
+    if hiss:
+        out += noise
     peak = np.abs(out).max()
     if peak > PEAK:
         out *= PEAK / peak

@@ -1,0 +1,123 @@
+"""Prompts → the text context a text-conditioned coupled U-Net attends to, and guidance settings.
+
+Each modality has its own prompt (the audio prompt defaults to the video prompt) and its own negative
+prompt; the empty prompt "" is the null condition the model learned through condition dropout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from .models.mmdiffusion import TextContext
+
+
+class EncodedText(Protocol):
+    tokens: torch.Tensor  # (B, T, D)
+    mask: torch.Tensor  # (B, T) bool
+    pooled: torch.Tensor  # (B, D)
+
+
+class TextEncoderLike(Protocol):
+    def encode(self, texts: list[str], device=None) -> EncodedText: ...
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """What the MMG_CONDITIONING socket carries: positive and negative contexts for one clip."""
+
+    positive: TextContext
+    negative: TextContext
+    video_prompt: str
+    audio_prompt: str
+    negative_video_prompt: str = ""
+    negative_audio_prompt: str = ""
+
+
+def text_context(video: EncodedText, audio: EncodedText) -> TextContext:
+    return TextContext(
+        video_tokens=video.tokens, video_mask=video.mask, video_pooled=video.pooled,
+        audio_tokens=audio.tokens, audio_mask=audio.mask, audio_pooled=audio.pooled,
+    )
+
+
+def encode_prompts(
+    encoder: TextEncoderLike,
+    video_prompt: str,
+    audio_prompt: str | None = None,
+    negative_video_prompt: str = "",
+    negative_audio_prompt: str | None = None,
+) -> Conditioning:
+    """Encode the four prompts in one batch. ``None`` audio prompts fall back to the video ones."""
+    for name, value in (("video_prompt", video_prompt), ("negative_video_prompt", negative_video_prompt)):
+        if not isinstance(value, str):
+            raise ValueError(f"{name} must be text, got {type(value).__name__}")
+    audio_prompt = video_prompt if audio_prompt is None or audio_prompt.strip() == "" else audio_prompt
+    negative_audio_prompt = negative_video_prompt if negative_audio_prompt is None else negative_audio_prompt
+    encoded = encoder.encode([video_prompt, audio_prompt, negative_video_prompt, negative_audio_prompt])
+
+    def row(i: int) -> EncodedText:
+        return _Row(encoded.tokens[i : i + 1], encoded.mask[i : i + 1], encoded.pooled[i : i + 1])
+
+    return Conditioning(
+        positive=text_context(row(0), row(1)),
+        negative=text_context(row(2), row(3)),
+        video_prompt=video_prompt,
+        audio_prompt=audio_prompt,
+        negative_video_prompt=negative_video_prompt,
+        negative_audio_prompt=negative_audio_prompt,
+    )
+
+
+@dataclass(frozen=True)
+class _Row:
+    tokens: torch.Tensor
+    mask: torch.Tensor
+    pooled: torch.Tensor
+
+
+def repeat_context(ctx: TextContext, batch: int, device=None, dtype=None) -> TextContext:
+    """Broadcast a batch-1 context to ``batch`` rows (and move it)."""
+
+    def fit(x: torch.Tensor, is_mask: bool = False) -> torch.Tensor:
+        if x.shape[0] == 1 and batch != 1:
+            x = x.expand(batch, *x.shape[1:])
+        elif x.shape[0] != batch:
+            raise ValueError(f"text context has batch {x.shape[0]}, expected 1 or {batch}")
+        return x.to(device=device) if is_mask else x.to(device=device, dtype=dtype)
+
+    return TextContext(
+        video_tokens=fit(ctx.video_tokens), video_mask=fit(ctx.video_mask, True), video_pooled=fit(ctx.video_pooled),
+        audio_tokens=fit(ctx.audio_tokens), audio_mask=fit(ctx.audio_mask, True), audio_pooled=fit(ctx.audio_pooled),
+    )
+
+
+def concat_contexts(contexts: list[TextContext]) -> TextContext:
+    fields = ("video_tokens", "video_mask", "video_pooled", "audio_tokens", "audio_mask", "audio_pooled")
+    return TextContext(**{name: torch.cat([getattr(c, name) for c in contexts]) for name in fields})
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """Classifier-free guidance per modality, plus modality guidance (LTX-2 style): an extra prediction
+    with the audio-video exchange switched off, pushed away from, which needs no training."""
+
+    video_cfg: float = 1.0
+    audio_cfg: float = 1.0
+    modality: float = 0.0
+
+    def validate(self) -> None:
+        for name in ("video_cfg", "audio_cfg", "modality"):
+            value = getattr(self, name)
+            if not -1.0 <= value <= 30.0:
+                raise ValueError(f"{name} must be between -1 and 30, got {value}")
+
+    @property
+    def needs_unconditional(self) -> bool:
+        return self.video_cfg != 1.0 or self.audio_cfg != 1.0
+
+    @property
+    def needs_uncoupled(self) -> bool:
+        return self.modality != 0.0
