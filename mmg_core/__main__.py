@@ -63,6 +63,22 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training import TrainConfig, train
+
+    state = train(TrainConfig.from_file(args.config))
+    print(f"stopped at step {state.step} after {state.elapsed_s / 60:.1f} min of training", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .training import export_weights
+
+    export_weights(args.checkpoint, args.out, use_ema=not args.raw)
+    print(args.out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mmg_core", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -81,6 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("source")
     conv.add_argument("target")
     conv.set_defaults(func=cmd_convert)
+
+    tr = sub.add_parser("train", help="train (or resume) a text-to-audio-video model; see mmg_core/training.py")
+    tr.add_argument("--config", required=True, help="JSON file of TrainConfig fields")
+    tr.set_defaults(func=cmd_train)
+
+    ex = sub.add_parser("export", help="write a training checkpoint's EMA weights as .safetensors")
+    ex.add_argument("--checkpoint", required=True, help="<out_dir>/checkpoint folder of a training run")
+    ex.add_argument("--out", required=True, help="target .safetensors")
+    ex.add_argument("--raw", action="store_true", help="export the raw weights instead of the EMA")
+    ex.set_defaults(func=cmd_export)
 
     info = sub.add_parser("info", help="print a checkpoint's family, size and config")
     info.add_argument("model")

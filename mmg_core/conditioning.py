@@ -58,12 +58,9 @@ def encode_prompts(
     negative_audio_prompt = negative_video_prompt if negative_audio_prompt is None else negative_audio_prompt
     encoded = encoder.encode([video_prompt, audio_prompt, negative_video_prompt, negative_audio_prompt])
 
-    def row(i: int) -> EncodedText:
-        return _Row(encoded.tokens[i : i + 1], encoded.mask[i : i + 1], encoded.pooled[i : i + 1])
-
     return Conditioning(
-        positive=text_context(row(0), row(1)),
-        negative=text_context(row(2), row(3)),
+        positive=text_context(TextRows.of(encoded, 0, 1), TextRows.of(encoded, 1, 2)),
+        negative=text_context(TextRows.of(encoded, 2, 3), TextRows.of(encoded, 3, 4)),
         video_prompt=video_prompt,
         audio_prompt=audio_prompt,
         negative_video_prompt=negative_video_prompt,
@@ -72,10 +69,16 @@ def encode_prompts(
 
 
 @dataclass(frozen=True)
-class _Row:
+class TextRows:
+    """Rows [start, stop) of an encoded batch of prompts."""
+
     tokens: torch.Tensor
     mask: torch.Tensor
     pooled: torch.Tensor
+
+    @classmethod
+    def of(cls, encoded: EncodedText, start: int, stop: int) -> "TextRows":
+        return cls(encoded.tokens[start:stop], encoded.mask[start:stop], encoded.pooled[start:stop])
 
 
 def repeat_context(ctx: TextContext, batch: int, device=None, dtype=None) -> TextContext:

@@ -196,7 +196,7 @@ def _load_tokenizer(model_dir: Path, max_tokens: int):
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-    # Truncation keeps [CLS] prefix ... [SEP]: the template post-processor reserves room for both.
+    # Truncation keeps [CLS] and the closing [SEP]: the template post-processor reserves room for both.
     tokenizer.enable_truncation(max_length=max_tokens)
     tokenizer.enable_padding(length=max_tokens, pad_id=tokenizer.token_to_id("[PAD]"), pad_token="[PAD]")
     return tokenizer

@@ -179,11 +179,13 @@ class CrossAttentionBlock(nn.Module):
     features and share R, as in the reference.
     """
 
-    def __init__(self, channels: int, num_heads: int, local_window: int, window_shift: bool):
+    def __init__(self, channels: int, num_heads: int, local_window: int, window_shift: bool, centered: bool = False):
         super().__init__()
         self.num_heads = num_heads
         self.local_window = local_window
         self.window_shift = window_shift
+        # Used when not shifting at random: 0 (reference) or centring the window on the query's frame.
+        self.fixed_shift = -((local_window - 1) // 2) if centered else 0
         self.v_norm = GroupNorm32(channels)
         self.a_norm = GroupNorm32(channels)
         self.v_qkv = nn.Conv1d(channels, channels * 3, 1)
@@ -392,7 +394,7 @@ class CoupledSequential(nn.ModuleList):
             if isinstance(layer, ResBlock):
                 video, audio = layer(video, audio, ctx.emb)
             elif isinstance(layer, CrossAttentionBlock):
-                video, audio = layer(video, audio, next(ctx.shifts) if layer.window_shift else 0, ctx.coupling)
+                video, audio = layer(video, audio, next(ctx.shifts) if layer.window_shift else layer.fixed_shift, ctx.coupling)
             elif isinstance(layer, TextAttentionBlock):
                 video, audio = layer(video, audio, ctx.text)
             else:
@@ -460,14 +462,14 @@ class MMDiffusionUNet(nn.Module):
         c = self.config
         return dict(video_attention=ds in c.video_attention_resolutions, audio_attention=ds in c.audio_attention_resolutions)
 
-    def _cross_block(self, channels: int, window: int, shift: bool) -> CrossAttentionBlock:
+    def _cross_block(self, channels: int, window: int, shift: bool, centered: bool = False) -> CrossAttentionBlock:
         heads = self.config.num_heads if self.config.num_head_channels == -1 else channels // self.config.num_head_channels
-        return CrossAttentionBlock(channels, heads, window, shift)
+        return CrossAttentionBlock(channels, heads, window, shift, centered)
 
     def _maybe_cross(self, layers: list, channels: int, ds: int) -> None:
         c = self.config
         if ds in c.cross_attention_resolutions:
-            layers.append(self._cross_block(channels, c._window_at(ds), c.cross_attention_shift))
+            layers.append(self._cross_block(channels, c._window_at(ds), c.cross_attention_shift, c.cross_attention_centered))
         if c.text_conditioned and ds in c.text_attention_resolutions:
             layers.append(TextAttentionBlock(channels, c.text_dim, c.text_heads))
 

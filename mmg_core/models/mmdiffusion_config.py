@@ -37,6 +37,9 @@ class MMDiffusionConfig:
     cross_attention_resolutions: tuple[int, ...] = (2, 4, 8)
     cross_attention_windows: tuple[int, ...] = (1, 4, 8)
     cross_attention_shift: bool = True
+    # Not in the reference: without random shifts, centre each window on its own frame (R = -(S-1)//2)
+    # instead of starting it there, so frame i hears audio around i.
+    cross_attention_centered: bool = False
     video_attention_resolutions: tuple[int, ...] = (2, 4, 8)
     audio_attention_resolutions: tuple[int, ...] = (-1,)
     use_scale_shift_norm: bool = True
@@ -57,8 +60,8 @@ class MMDiffusionConfig:
     audio_codec: str = "waveform"
     stft_n_fft: int = 400
     stft_hop: int = 100
-    stft_compression: float = 0.5
-    stft_scale: float = 0.15
+    stft_compression: float = 0.3
+    stft_scale: float = 2.0
     # Text conditioning (None = unconditional, as the released checkpoints): cross-attention from each
     # branch to its own prompt's token states at these downsampling rates and in the middle block,
     # plus the pooled prompt embeddings added to the timestep embedding.
@@ -220,9 +223,34 @@ class MMDiffusionConfig:
         return cls.from_dict(json.loads(text))
 
 
+# The pack's own default text-to-audio-video model (trained on the synthetic world, see mmg_core.world):
+# 4×4 pixel patches (16×16 tokens per frame) and STFT audio (16 frames of audio per video frame), with
+# exact, unshifted windows centred on each frame so sound and picture align frame by frame.
+WORLD_MODEL = MMDiffusionConfig(
+    video_patch=4,
+    audio_codec="stft",
+    model_channels=64,
+    channel_mult=(1, 2, 2),
+    num_res_blocks=1,
+    num_heads=4,
+    num_head_channels=32,
+    cross_attention_resolutions=(1, 2, 4),
+    cross_attention_windows=(1, 3, 5),
+    cross_attention_shift=False,
+    cross_attention_centered=True,
+    video_attention_resolutions=(2, 4),
+    audio_attention_resolutions=(2, 4),
+    middle_cross_attention=True,
+    dropout=0.0,
+    text_dim=384,
+    text_attention_resolutions=(2, 4),
+    text_heads=4,
+)
+
 # Presets: the released Landscape / AIST++ configuration, and tiny ones for tests.
 PRESETS: dict[str, MMDiffusionConfig] = {
     "mmdiffusion-released": MMDiffusionConfig(),
+    "world": WORLD_MODEL,
     "tiny": MMDiffusionConfig(
         video_height=16,
         video_width=16,

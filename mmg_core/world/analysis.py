@@ -56,10 +56,14 @@ def srgb_to_lab(rgb) -> np.ndarray:
     """CIELAB (D65) of sRGB values in 0..255, shape (..., 3) -> (..., 3)."""
     c = np.asarray(rgb, np.float32) / 255.0
     linear = np.where(c > 0.04045, ((c + 0.055) / 1.055) ** 2.4, c / 12.92)
-    to_xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]], np.float32)
+    to_xyz = np.array(
+        [[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]], np.float32
+    )
     xyz = linear @ to_xyz.T / np.array([0.95047, 1.0, 1.08883], np.float32)
     f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16.0 / 116.0)
-    return np.stack([116.0 * f[..., 1] - 16.0, 500.0 * (f[..., 0] - f[..., 1]), 200.0 * (f[..., 1] - f[..., 2])], -1)
+    return np.stack(
+        [116.0 * f[..., 1] - 16.0, 500.0 * (f[..., 0] - f[..., 1]), 200.0 * (f[..., 1] - f[..., 2])], -1
+    )
 
 
 def background_rgb(frames) -> np.ndarray:
@@ -68,7 +72,7 @@ def background_rgb(frames) -> np.ndarray:
 
 
 def detect_background(frames) -> str:
-    """"dark" or "light": the documented background whose lightness is nearest the median colour."""
+    """Background name: the documented one ("dark", "light") nearest the median colour's lightness."""
     lightness = srgb_to_lab(background_rgb(frames))[0]
     return min(BACKGROUNDS, key=lambda name: abs(srgb_to_lab(BACKGROUNDS[name])[0] - lightness))
 
@@ -76,10 +80,16 @@ def detect_background(frames) -> str:
 def label_pixels(frames, background=None) -> np.ndarray:
     """(F, H, W) nearest palette entry per pixel: 0..6 = COLOUR_NAMES, 7 = background, 8 = prop grey.
 
-    background: RGB of the background; None measures it (background_rgb), which also copes with a
-    generated clip whose background is off the documented value.
+    background: None measures it (background_rgb), which also copes with a generated clip whose
+    background is off the documented value; or "dark" / "light" (the documented RGB); or an RGB triple.
     """
     frames = _check_frames(frames)
+    if isinstance(background, str):
+        if background not in BACKGROUNDS:
+            raise ValueError(
+                f"background must be one of {list(BACKGROUNDS)}, an RGB triple or None, got {background!r}"
+            )
+        background = BACKGROUNDS[background]
     bg = background_rgb(frames) if background is None else np.asarray(background, np.float32)
     palette = np.array([*COLOURS.values(), bg, PROP_GREY], np.float32)
     # Label each distinct colour once: a clip has far fewer colours than pixels.
@@ -203,7 +213,9 @@ def _refine_onset(db: np.ndarray, centre: int, level: float, hop_s: float) -> fl
     return (j - 1 + float(fraction)) * hop_s
 
 
-def audio_onsets(audio, sr: int, *, rise_db: float = 15.0, range_db: float = 35.0, min_gap_s: float = 0.05) -> list[float]:
+def audio_onsets(
+    audio, sr: int, *, rise_db: float = 15.0, range_db: float = 35.0, min_gap_s: float = 0.05
+) -> list[float]:
     """Onset times (s) of sounds: points where the 2 ms energy envelope jumps by >= ``rise_db``.
 
     The jump compares the loudest level of the next 10 ms with the median level 5-25 ms before, so
@@ -256,7 +268,9 @@ def frame_pitch_hz(audio, sr: int, fps: float, num_frames: int, window_s: float 
     samples = _check_audio(audio)
     size = min(round(window_s * sr), samples.size)
     starts = [round(k * sr / fps) - size // 2 for k in range(num_frames)]
-    return np.array([_peak_frequency(samples[s : s + size], sr) for s in np.clip(starts, 0, samples.size - size)])
+    return np.array(
+        [_peak_frequency(samples[s : s + size], sr) for s in np.clip(starts, 0, samples.size - size)]
+    )
 
 
 def dominant_pitch_hz(audio, sr: int) -> float:
@@ -274,14 +288,14 @@ def dominant_pitch_hz(audio, sr: int) -> float:
 
 
 def estimate_pitch(audio, sr: int) -> str:
-    """"low" or "high" by the dominant frequency (split at 600 Hz, see config.PITCH_HZ)."""
+    """Pitch class, "low" or "high", by the dominant frequency (split at 600 Hz, see config.PITCH_HZ)."""
     return "low" if dominant_pitch_hz(audio, sr) < _PITCH_SPLIT_HZ else "high"
 
 
 def audio_texture(audio, sr: int) -> str:
-    """"continuous" (the slider's tone), "sustained" (beeps) or "impulsive" (impacts, drum hits).
+    """Sound kind: "continuous" (slider tone), "sustained" (beeps) or "impulsive" (impacts, drum hits).
 
-    continuous: the 10 ms envelope stays within 30 dB of its peak for > 85 % of the clip.
+    continuous: the 8 ms envelope stays within 30 dB of its peak for > 85 % of the clip.
     Otherwise the median level drop from 8-16 ms to 48-56 ms after each onset decides: decaying
     sounds lose > 3 dB there, a beep holds its level.
     """
@@ -317,9 +331,9 @@ def classify_scene(frames, audio, sr: int) -> str:
 
 def _classify(seen: Observation, audio, sr: int) -> str:
     track = seen.track
-    if track.colour is None:
-        return {"continuous": "slider", "sustained": "lamp", "impulsive": "ball"}[audio_texture(audio, sr)]
     visible = _present(track) & np.isfinite(track.row)
+    if track.colour is None or not visible.any():
+        return {"continuous": "slider", "sustained": "lamp", "impulsive": "ball"}[audio_texture(audio, sr)]
     if np.std(track.row[visible]) < 3.0 * seen.scale:
         return "lamp" if track.area.min() < 0.4 * track.area.max() else "drum"
     return "slider" if np.nanmedian(track.width[visible]) >= 20.0 * seen.scale else "ball"
@@ -350,7 +364,9 @@ def _lowest_frames(signal: np.ndarray) -> list[int]:
     if finite.size < 2:
         return []
     top, bottom = finite.min(), finite.max()
-    return _peak_frames(signal, bottom - max(0.3 * (bottom - top), 2.0), bottom - max(0.1 * (bottom - top), 1.0))
+    return _peak_frames(
+        signal, bottom - max(0.3 * (bottom - top), 2.0), bottom - max(0.1 * (bottom - top), 1.0)
+    )
 
 
 def _stick_row(seen: Observation) -> np.ndarray:
@@ -412,14 +428,14 @@ def dominant_frequency(signal: np.ndarray, rate: float, low_hz: float = 0.4) -> 
 
 
 def tempo_from_events(times: list[float]) -> str:
-    """"fast" when the median gap between events is under 0.6 s, else (or with < 2 events) "slow"."""
+    """Tempo "fast" when the median gap between events is under 0.6 s, else (or with < 2 events) "slow"."""
     if len(times) < 2:
         return "slow"
     return "fast" if np.median(np.diff(sorted(times))) < _FAST_INTERVAL_S else "slow"
 
 
 def estimate_tempo(frames, audio, sr: int, fps: float, scene: str | None = None) -> str:
-    """"slow" or "fast": the slider's oscillation frequency, else the gaps between visual events
+    """Tempo "slow" or "fast": the slider's oscillation frequency, else the gaps between visual events
     (or between audio onsets when the picture shows fewer than two events)."""
     seen = observe(frames)
     return _tempo(seen, audio, sr, fps, _classify(seen, audio, sr) if scene is None else scene)

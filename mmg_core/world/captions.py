@@ -35,19 +35,35 @@ TEMPLATES = {
 # Subject phrases end in the scene's verb so that the tempo adverb can follow them.
 SUBJECTS = {
     "ball": {
-        "train": ("a {colour} ball bouncing on the floor", "a {colour} ball bouncing", "a {colour} ball bouncing up and down"),
+        "train": (
+            "a {colour} ball bouncing on the floor",
+            "a {colour} ball bouncing",
+            "a {colour} ball bouncing up and down",
+        ),
         "eval": ("a {colour} ball rebounding off the floor",),
     },
     "drum": {
-        "train": ("a stick striking a {colour} drum", "a {colour} drum being hit with a stick", "a drumstick beating a {colour} drum"),
+        "train": (
+            "a stick striking a {colour} drum",
+            "a {colour} drum being hit with a stick",
+            "a drumstick beating a {colour} drum",
+        ),
         "eval": ("a {colour} drum struck by a stick",),
     },
     "lamp": {
-        "train": ("a {colour} lamp blinking", "a {colour} lamp switching on and off", "a {colour} lamp turning on and off"),
+        "train": (
+            "a {colour} lamp blinking",
+            "a {colour} lamp switching on and off",
+            "a {colour} lamp turning on and off",
+        ),
         "eval": ("a {colour} lamp flashing",),
     },
     "slider": {
-        "train": ("a {colour} bar sliding up and down", "a {colour} slider moving up and down", "a {colour} bar rising and falling"),
+        "train": (
+            "a {colour} bar sliding up and down",
+            "a {colour} slider moving up and down",
+            "a {colour} bar rising and falling",
+        ),
         "eval": ("a {colour} bar gliding up and down",),
     },
 }
@@ -60,21 +76,37 @@ SOUNDS = {
 }
 
 SYNCS = {
-    "ball": {"train": ("at every bounce", "each time it hits the floor", "whenever it lands"), "eval": ("on each impact",)},
-    "drum": {"train": ("at every strike", "each time the stick hits", "with every hit"), "eval": ("on each beat",)},
+    "ball": {
+        "train": ("at every bounce", "each time it hits the floor", "whenever it lands"),
+        "eval": ("on each impact",),
+    },
+    "drum": {
+        "train": ("at every strike", "each time the stick hits", "with every hit"),
+        "eval": ("on each beat",),
+    },
     "lamp": {
         "train": ("while it is lit", "whenever the lamp is on", "for as long as it glows"),
         "eval": ("during each flash",),
     },
     "slider": {
-        "train": ("whose pitch follows the bar's height", "that rises and falls with the bar", "tracking the bar's height"),
+        "train": (
+            "whose pitch follows the bar's height",
+            "that rises and falls with the bar",
+            "tracking the bar's height",
+        ),
         "eval": ("gliding in pitch with the bar",),
     },
 }
 
 TEMPO_WORDS = {
-    "fast": {"train": ("fast", "quickly", "rapidly", "at a fast pace"), "eval": ("briskly", "at a quick tempo")},
-    "slow": {"train": ("slowly", "at a slow pace", "at a leisurely pace"), "eval": ("unhurriedly", "at a gentle tempo")},
+    "fast": {
+        "train": ("fast", "quickly", "rapidly", "at a fast pace"),
+        "eval": ("briskly", "at a quick tempo"),
+    },
+    "slow": {
+        "train": ("slowly", "at a slow pace", "at a leisurely pace"),
+        "eval": ("unhurriedly", "at a gentle tempo"),
+    },
 }
 
 PITCH_WORDS = {
@@ -83,7 +115,10 @@ PITCH_WORDS = {
 }
 
 BACKGROUND_WORDS = {
-    "dark": {"train": ("on a dark background", "against a dark backdrop", "in a dark scene"), "eval": ("over a black background",)},
+    "dark": {
+        "train": ("on a dark background", "against a dark backdrop", "in a dark scene"),
+        "eval": ("over a black background",),
+    },
     "light": {
         "train": ("on a light background", "against a light grey backdrop", "in a bright scene"),
         "eval": ("over a pale grey background",),

@@ -130,3 +130,6 @@ class WorldConfig:
         Uses mmg_core.media's rounding so written files and ground truth agree; exact for 10 fps at 16 kHz.
         """
         return audio_length_for_video(frame, self.fps, self.sample_rate)
+
+
+DEFAULT_CONFIG = WorldConfig()  # frozen, so one shared default instance is safe

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .config import WorldConfig
+from .config import DEFAULT_CONFIG, WorldConfig
 from .render import Clip, render_clip
 from .spec import ClipSpec, sample_spec
 
@@ -33,7 +33,9 @@ class WorldDataset(Dataset):
     the same item for the same index because nothing depends on worker state.
     """
 
-    def __init__(self, config: WorldConfig = WorldConfig(), seed: int = 0, split: str = "train", length: int = 100_000):
+    def __init__(
+        self, config: WorldConfig = DEFAULT_CONFIG, seed: int = 0, split: str = "train", length: int = 100_000
+    ):
         if split not in DATASET_SPLITS:
             raise ValueError(f"split must be one of {list(DATASET_SPLITS)}, got {split!r}")
         for name, value in (("seed", seed), ("length", length)):

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
 from einops import rearrange
 
 from .captions import default_caption
-from .config import WorldConfig
+from .config import DEFAULT_CONFIG, WorldConfig
 from .render_audio import render_audio
 from .render_video import render_frames
 from .spec import ClipSpec
@@ -53,7 +53,9 @@ class Clip:
         return ((pixels + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
-def render_clip(spec: ClipSpec, config: WorldConfig = WorldConfig(), *, caption_split: str = "train") -> Clip:
+def render_clip(
+    spec: ClipSpec, config: WorldConfig = DEFAULT_CONFIG, *, caption_split: str = "train"
+) -> Clip:
     """Render one clip; the caption is drawn from the spec's seed with ``caption_split``'s wording."""
     timeline = build_timeline(spec, config)
     frames = render_frames(spec, timeline, config)  # (F, H, W, 3) in 0..255
@@ -75,7 +77,7 @@ def render_clip(spec: ClipSpec, config: WorldConfig = WorldConfig(), *, caption_
 
 
 def render_batch(
-    specs: Sequence[ClipSpec], config: WorldConfig = WorldConfig(), *, caption_split: str = "train"
+    specs: Sequence[ClipSpec], config: WorldConfig = DEFAULT_CONFIG, *, caption_split: str = "train"
 ) -> tuple[torch.Tensor, torch.Tensor, list[str], list[Clip]]:
     """Stacked (B, F, C, H, W) video, (B, 1, T) audio, captions and the clips themselves."""
     if not specs:

@@ -97,9 +97,8 @@ def render_audio(spec: ClipSpec, timeline: Timeline, config: WorldConfig, *, his
         _add_beeps(out, spec, timeline, config)
     else:
         _add_tone(out, spec, config)
-    noise = NOISE_FLOOR * rng.standard_normal(out.shape[0])  # drawn either way: same sounds with or without
-    if hiss:
-        out += noise
+    if hiss:  # drawn last, so leaving it out changes no other draw
+        out += NOISE_FLOOR * rng.standard_normal(out.shape[0])
     peak = np.abs(out).max()
     if peak > PEAK:
         out *= PEAK / peak

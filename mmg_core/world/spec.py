@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Union
 
 import numpy as np
 import torch
@@ -14,6 +14,7 @@ from .config import (
     ALL_COMBOS,
     BACKGROUNDS,
     COLOURS,
+    DEFAULT_CONFIG,
     EVAL_COMBOS,
     PITCHES,
     SCENES,
@@ -24,7 +25,7 @@ from .config import (
     WorldConfig,
 )
 
-GeneratorLike = Union[np.random.Generator, torch.Generator, int]
+GeneratorLike = np.random.Generator | torch.Generator | int
 Combo = tuple[str, str, str]  # (scene, colour, tempo)
 
 SPLIT_COMBOS: dict[str, tuple[Combo, ...]] = {
@@ -116,7 +117,8 @@ def numpy_rng(generator: GeneratorLike) -> np.random.Generator:
     if isinstance(generator, numbers.Integral) and not isinstance(generator, bool):
         return np.random.default_rng(int(generator))
     raise ValueError(
-        f"generator must be a numpy.random.Generator, a torch.Generator or an int seed, got {type(generator).__name__}"
+        "generator must be a numpy.random.Generator, a torch.Generator or an int seed, "
+        f"got {type(generator).__name__}"
     )
 
 
@@ -129,7 +131,8 @@ def draw_timing(rng: np.random.Generator, tempo: str, config: WorldConfig) -> tu
     """(first_event, intervals) for a tempo: enough intervals to run past the clip's last frame."""
     choices = [_interval_frames(s, config.fps) for s in TEMPO_INTERVALS_S[tempo]]
     intervals = [int(rng.choice(choices))]
-    first_event = int(rng.integers(1, intervals[0]))  # phase: uniform in [1, intervals[0] - 1]
+    # Phase: uniform in [1, intervals[0] - 1], and inside the clip so that it holds an event.
+    first_event = int(rng.integers(1, min(intervals[0], config.frames)))
     position = first_event
     while position <= config.frames - 1:
         intervals.append(int(rng.choice(choices)))
@@ -177,7 +180,7 @@ def _allowed_combos(split: str, combos: Iterable[Combo] | None, fixed: dict[str,
             raise ValueError(f"split must be one of {list(SPLIT_COMBOS)}, got {split!r}")
         combos = SPLIT_COMBOS[split]
     keys = ("scene", "colour", "tempo")
-    allowed = [c for c in combos if all(fixed[k] in (None, v) for k, v in zip(keys, c))]
+    allowed = [c for c in combos if all(fixed[k] in (None, v) for k, v in zip(keys, c, strict=True))]
     if not allowed:
         wanted = {k: fixed[k] for k in keys if fixed[k] is not None}
         raise ValueError(
@@ -189,7 +192,7 @@ def _allowed_combos(split: str, combos: Iterable[Combo] | None, fixed: dict[str,
 
 def sample_spec(
     generator: GeneratorLike,
-    config: WorldConfig = WorldConfig(),
+    config: WorldConfig = DEFAULT_CONFIG,
     *,
     split: str = "train",
     combos: Iterable[Combo] | None = None,

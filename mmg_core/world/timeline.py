@@ -58,7 +58,8 @@ def slider_height(spec: ClipSpec, seconds: np.ndarray) -> np.ndarray:
 
 
 def _lamp_intervals(all_events: tuple[int, ...], num_frames: int) -> tuple[tuple[int, int], ...]:
-    spans = [(on, on + lamp_lit_frames(nxt - on)) for on, nxt in zip(all_events[:-1], all_events[1:])]
+    pairs = zip(all_events[:-1], all_events[1:], strict=True)
+    spans = [(on, on + lamp_lit_frames(nxt - on)) for on, nxt in pairs]
     return tuple((on, off) for on, off in spans if off > 0 and on < num_frames)
 
 
