@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from . import checkpoint, media
+from .conditioning import Guidance
 from .pipeline import GenerationSettings, decode, generate
 from .sampling import sampler_names
 
@@ -26,15 +27,37 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
+# The text-to-audio-video model that ships with the pack (trained by `python -m mmg_core train`).
+SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "models" / "mmg-world-v1.safetensors"
+
+
+def _conditioning(args: argparse.Namespace, config):
+    if not config.text_conditioned:
+        if args.prompt:
+            raise ValueError(f"{args.model} is an unconditional model: drop --prompt")
+        return None
+    if not args.prompt:
+        raise ValueError(f"{args.model} is text-conditioned: give --prompt 'what to see and hear'")
+    from .conditioning import encode_prompts
+    from .text import default_text_encoder
+
+    return encode_prompts(default_text_encoder(), args.prompt, args.audio_prompt, args.negative_prompt)
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
+    args.model = args.model or str(SHIPPED_MODEL)
     loaded = checkpoint.load_model(args.model, device=_device(args.device))
-    settings = GenerationSettings(seed=args.seed, steps=args.steps, sampler=args.sampler, batch_size=args.batch_size)
+    conditioning = _conditioning(args, loaded.config)
+    guidance = Guidance(video_cfg=args.video_cfg, audio_cfg=args.audio_cfg, modality=args.modality)
+    settings = GenerationSettings(seed=args.seed, steps=args.steps, sampler=args.sampler, batch_size=args.batch_size,
+                                  guidance=guidance)
     started = time.perf_counter()
     with tqdm(total=settings.steps, desc=f"{settings.sampler} {settings.steps} steps", unit="step") as bar:
-        result = generate(loaded.model, settings, callback=lambda info: bar.update(1))
+        result = generate(loaded.model, settings, conditioning=conditioning, callback=lambda info: bar.update(1))
     clip = decode(result, loaded.config)
     out = Path(args.out)
-    metadata = {"mmg": json.dumps({"model": Path(args.model).name, **asdict(settings)})}
+    prompts = {"prompt": args.prompt, "audio_prompt": args.audio_prompt} if conditioning else {}
+    metadata = {"mmg": json.dumps({"model": Path(args.model).name, **prompts, **asdict(settings)})}
     written = []
     for index in range(settings.batch_size):
         path = out if settings.batch_size == 1 else out.with_name(f"{out.stem}_{index}{out.suffix}")
@@ -79,12 +102,35 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_world(args: argparse.Namespace) -> int:
+    from .conditioning import Guidance
+    from .world_eval import DEFAULT_GUIDANCE, evaluate_reference, evaluate_world_model, format_summary
+
+    if args.reference:
+        report = evaluate_reference(args.prompts, args.out, limit=args.limit)
+    else:
+        scales = {name: getattr(DEFAULT_GUIDANCE, name) if getattr(args, name) is None else getattr(args, name)
+                  for name in ("video_cfg", "audio_cfg", "modality")}
+        report = evaluate_world_model(args.model, args.prompts, args.out, steps=args.steps, sampler=args.sampler,
+                                      guidance=Guidance(**scales), limit=args.limit, batch_size=args.batch_size,
+                                      device=_device(args.device))
+    print(format_summary(report))
+    print(Path(args.out) / "report.md")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mmg_core", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser("generate", help="sample an audio-video clip and write it as MP4")
-    gen.add_argument("--model", required=True, help="checkpoint (.safetensors, or released .pt)")
+    gen.add_argument("--model", help=f"checkpoint (.safetensors, or released .pt); default: the shipped {SHIPPED_MODEL.name}")
+    gen.add_argument("--prompt", help="what to see (and hear); required by text-conditioned models")
+    gen.add_argument("--audio-prompt", help="what to hear, if different from --prompt")
+    gen.add_argument("--negative-prompt", default="", help="what to steer away from (default: nothing)")
+    gen.add_argument("--video-cfg", type=float, default=3.0, help="guidance toward the prompt for the picture (1 = off)")
+    gen.add_argument("--audio-cfg", type=float, default=3.0, help="guidance toward the prompt for the sound (1 = off)")
+    gen.add_argument("--modality", type=float, default=1.0, help="modality guidance for sync (0 = off)")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--steps", type=int, default=25)
     gen.add_argument("--sampler", default="dpmpp_2m", choices=sampler_names())
@@ -111,6 +157,22 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="print a checkpoint's family, size and config")
     info.add_argument("model")
     info.set_defaults(func=cmd_info)
+    ev = sub.add_parser("eval-world", help="evaluate a world model on held-out prompts (clips, report.json, report.md)")
+    source = ev.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="text-conditioned world model (.safetensors, e.g. from export)")
+    source.add_argument("--reference", action="store_true",
+                        help="judge the world's own renders of the prompts instead (what perfect clips score)")
+    ev.add_argument("--prompts", default=None, help="prompts JSON (default: mmg_core/world/eval_prompts.json)")
+    ev.add_argument("--out", required=True, help="output folder: clips/*.mp4, report.json, report.md")
+    ev.add_argument("--steps", type=int, default=25)
+    ev.add_argument("--sampler", default="dpmpp_2m", choices=sampler_names())
+    ev.add_argument("--limit", type=int, default=None, help="evaluate only the first N prompts")
+    ev.add_argument("--batch-size", type=int, default=1, help="clips sampled at once")
+    ev.add_argument("--video-cfg", type=float, default=None, help="video CFG scale (default 3, as the sampler node)")
+    ev.add_argument("--audio-cfg", type=float, default=None, help="audio CFG scale (default 3, as the sampler node)")
+    ev.add_argument("--modality", type=float, default=None, help="modality guidance (default 1, as the sampler node)")
+    ev.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda if available)")
+    ev.set_defaults(func=cmd_eval_world)
     return parser
 
 

@@ -6,10 +6,11 @@ from comfy_api.latest import ComfyExtension, io
 
 from .models import register_model_folder
 from .output_nodes import MMGSaveAudio, MMGSaveMP4
-from .sampler_nodes import MMGDecode, MMGEmptyAVLatent, MMGLoadModel, MMGSampler
+from .sampler_nodes import MMGDecode, MMGEmptyAVLatent, MMGLoadModel, MMGSampler, MMGTextEncode
 
 NODES: list[type[io.ComfyNode]] = [
     MMGLoadModel,
+    MMGTextEncode,
     MMGEmptyAVLatent,
     MMGSampler,
     MMGDecode,

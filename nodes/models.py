@@ -15,21 +15,24 @@ from ..mmg_core.models.mmdiffusion_config import MMDiffusionConfig
 
 FOLDER = "mmg"
 DTYPES = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# The pack's own default model ships inside the pack and is found there, with no copying.
+PACK_MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models")
+DEFAULT_MODEL = "mmg-world-v1.safetensors"
 
 
 def register_model_folder() -> None:
-    """Add ``models/mmg`` (keeping any extra paths a user configured) with our extensions."""
+    """Add ``models/mmg`` (keeping any extra paths a user configured) and the pack's own ``models/``."""
     default = os.path.join(folder_paths.models_dir, FOLDER)
     extensions = set(checkpoint.CHECKPOINT_SUFFIXES)
-    if FOLDER in folder_paths.folder_names_and_paths:
-        paths, known = folder_paths.folder_names_and_paths[FOLDER]
-        folder_paths.folder_names_and_paths[FOLDER] = (paths, set(known) | extensions)
-    else:
-        folder_paths.folder_names_and_paths[FOLDER] = ([default], extensions)
+    paths, known = folder_paths.folder_names_and_paths.get(FOLDER, ([default], set()))
+    paths = list(paths) + ([PACK_MODELS_DIR] if PACK_MODELS_DIR not in paths else [])
+    folder_paths.folder_names_and_paths[FOLDER] = (paths, set(known) | extensions)
 
 
 def list_model_files() -> list[str]:
-    return folder_paths.get_filename_list(FOLDER)
+    """Model files, the shipped default model first."""
+    names = folder_paths.get_filename_list(FOLDER)
+    return sorted(names, key=lambda name: (name != DEFAULT_MODEL, name.lower()))
 
 
 def resolve_model_path(name: str) -> str:

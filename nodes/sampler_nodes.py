@@ -7,14 +7,17 @@ import comfy.model_management as mm
 import comfy.utils
 from comfy_api.latest import io
 
+from ..mmg_core.av import AV
+from ..mmg_core.conditioning import Conditioning, Guidance, encode_prompts
 from ..mmg_core.pipeline import MAX_BATCH_SIZE, GenerationSettings, decode, generate, preview_frames
 from ..mmg_core.sampling import sampler_names
-from ..mmg_core.av import AV
+from ..mmg_core.text import default_text_encoder
 from . import adapters
-from .models import DTYPES, MMGModel, list_model_files, load_mmg_model
+from .models import DEFAULT_MODEL, DTYPES, MMGModel, list_model_files, load_mmg_model
 
 MMGModelType = io.Custom("MMG_MODEL")
 AVLatentType = io.Custom("MMG_AV_LATENT")
+ConditioningType = io.Custom("MMG_CONDITIONING")
 DEFAULT_SAMPLER = "dpmpp_2m"
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
 
@@ -28,9 +31,10 @@ class MMGLoadModel(io.ComfyNode):
             category="MMG/loaders",
             description="Load an audio-video diffusion checkpoint from models/mmg.",
             inputs=[
-                io.Combo.Input("ckpt_name", options=list_model_files(),
-                               tooltip="Checkpoint in ComfyUI/models/mmg: the pack's .safetensors or a released "
-                                       "MM-Diffusion .pt (optionally with a .json of its reference arguments beside it)."),
+                io.Combo.Input("ckpt_name", options=list_model_files(), default=DEFAULT_MODEL,
+                               tooltip=f"Checkpoint in ComfyUI/models/mmg: the pack's .safetensors or a released "
+                                       f"MM-Diffusion .pt (optionally with a .json of its reference arguments beside "
+                                       f"it). {DEFAULT_MODEL} is the text-to-audio-video model shipped with the pack."),
                 io.Combo.Input("weight_dtype", options=list(DTYPES), default="auto",
                                tooltip="Precision of the weights. auto: fp32 on CPU, ComfyUI's choice on a GPU."),
             ],
@@ -67,6 +71,41 @@ class MMGEmptyAVLatent(io.ComfyNode):
         return io.NodeOutput(adapters.make_latent(empty, config))
 
 
+class MMGTextEncode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MMGTextEncode",
+            display_name="MMG Text Encode (video + audio prompts)",
+            category="MMG/conditioning",
+            description="Encode what to see and what to hear with the model's own text encoder "
+                        "(all-MiniLM-L6-v2, runs on the CPU, offline).",
+            inputs=[
+                MMGModelType.Input("model", tooltip="The text-conditioned model the prompts are for."),
+                io.String.Input("video_prompt", multiline=True, default="a red ball bouncing fast, a sharp click at every bounce",
+                                tooltip="What the clip shows (and, unless an audio prompt is given, sounds like)."),
+                io.String.Input("audio_prompt", multiline=True, default="",
+                                tooltip="What the clip sounds like; empty = use the video prompt."),
+                io.String.Input("negative_video_prompt", multiline=True, default="",
+                                tooltip="What to steer the picture away from; empty = the unconditional prediction."),
+                io.String.Input("negative_audio_prompt", multiline=True, default="",
+                                tooltip="What to steer the sound away from; empty = the negative video prompt."),
+            ],
+            outputs=[ConditioningType.Output(display_name="conditioning")],
+        )
+
+    @classmethod
+    def execute(cls, model: MMGModel, video_prompt: str, audio_prompt: str = "", negative_video_prompt: str = "",
+                negative_audio_prompt: str = "") -> io.NodeOutput:
+        if not model.config.text_conditioned:
+            raise ValueError(f"{model.name} is an unconditional model: it takes no prompt (remove MMG Text Encode)")
+        if not video_prompt.strip():
+            raise ValueError("video_prompt is empty: describe the clip, e.g. 'a red ball bouncing fast'")
+        negative_audio = negative_audio_prompt if negative_audio_prompt.strip() else None
+        return io.NodeOutput(encode_prompts(default_text_encoder(), video_prompt, audio_prompt or None,
+                                            negative_video_prompt, negative_audio))
+
+
 def _step_callback(total: int, config):
     """Per step: stop if the user pressed cancel, advance the bar, show the predicted middle frame."""
     bar = comfy.utils.ProgressBar(total)
@@ -95,23 +134,37 @@ class MMGSampler(io.ComfyNode):
                 io.Int.Input("steps", default=25, min=1, max=1000, tooltip="Number of denoising steps."),
                 io.Combo.Input("sampler_name", options=sampler_names(), default=DEFAULT_SAMPLER,
                                tooltip="Solver: ddpm (ancestral), ddim, dpmpp_2m (DPM-Solver++ 2M), unipc, euler."),
+                io.Float.Input("video_cfg", default=3.0, min=0.0, max=30.0, step=0.1,
+                               tooltip="Classifier-free guidance of the picture toward the video prompt (1 = off)."),
+                io.Float.Input("audio_cfg", default=3.0, min=0.0, max=30.0, step=0.1,
+                               tooltip="Classifier-free guidance of the sound toward the audio prompt (1 = off)."),
+                io.Float.Input("modality_scale", default=0.0, min=0.0, max=10.0, step=0.1,
+                               tooltip="Modality guidance: push away from a prediction made with the audio-video "
+                                       "exchange switched off, for tighter sync (0 = off; costs one extra pass)."),
+                ConditioningType.Input("conditioning", optional=True,
+                                       tooltip="Prompts from 'MMG Text Encode'; required by text-conditioned models."),
             ],
             outputs=[AVLatentType.Output(display_name="latent")],
         )
 
     @classmethod
-    def execute(cls, model: MMGModel, latent: dict, seed: int, steps: int, sampler_name: str) -> io.NodeOutput:
+    def execute(cls, model: MMGModel, latent: dict, seed: int, steps: int, sampler_name: str, video_cfg: float = 3.0,
+                audio_cfg: float = 3.0, modality_scale: float = 0.0, conditioning: Conditioning | None = None) -> io.NodeOutput:
         if sampler_name not in sampler_names():
             raise ValueError(f"unknown sampler_name {sampler_name!r}; choose one of {', '.join(sampler_names())}")
+        if model.config.text_conditioned and conditioning is None:
+            raise ValueError(f"{model.name} is text-conditioned: connect 'MMG Text Encode' to the conditioning input")
         shape = adapters.latent_to_av(latent)
-        settings = GenerationSettings(seed=seed, steps=steps, sampler=sampler_name, batch_size=shape.batch_size)
+        guidance = Guidance(video_cfg=video_cfg, audio_cfg=audio_cfg, modality=modality_scale)
+        settings = GenerationSettings(seed=seed, steps=steps, sampler=sampler_name, batch_size=shape.batch_size,
+                                      guidance=guidance)
         config = model.config
         if latent["config"] != config:
             raise ValueError(
                 "the latent was made for another model: create it with 'MMG Empty AV Latent' from the model you sample with"
             )
         network = model.load_to_device()
-        result = generate(network, settings, callback=_step_callback(steps, config))
+        result = generate(network, settings, conditioning=conditioning, callback=_step_callback(steps, config))
         return io.NodeOutput(adapters.make_latent(result, config))
 
 

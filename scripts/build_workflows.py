@@ -17,6 +17,7 @@ WORKFLOWS = ROOT / "workflows"
 # Socket types of the outputs we link from, by (node type, output slot).
 OUTPUT_TYPES = {
     "MMGLoadModel": ["MMG_MODEL"],
+    "MMGTextEncode": ["MMG_CONDITIONING"],
     "MMGEmptyAVLatent": ["MMG_AV_LATENT"],
     "MMGSampler": ["MMG_AV_LATENT"],
     "MMGDecode": ["IMAGE", "AUDIO", "FLOAT"],
@@ -25,6 +26,7 @@ OUTPUT_TYPES = {
 }
 OUTPUT_NAMES = {
     "MMGLoadModel": ["model"],
+    "MMGTextEncode": ["conditioning"],
     "MMGEmptyAVLatent": ["latent"],
     "MMGSampler": ["latent"],
     "MMGDecode": ["images", "audio", "fps"],
@@ -97,9 +99,10 @@ def mmdiffusion_head(ckpt: str) -> list[Node]:
         Node(1, "MMGLoadModel", "Load MM-Diffusion model", {"ckpt_name": ckpt, "weight_dtype": "auto"}),
         Node(2, "MMGEmptyAVLatent", "Empty AV latent", {"batch_size": 1}, {"model": (1, 0, "MMG_MODEL")}),
         Node(3, "MMGSampler", "Joint audio-video sampler",
-             {"seed": 42, "steps": 20, "sampler_name": "dpmpp_2m"},
+             {"seed": 42, "steps": 20, "sampler_name": "dpmpp_2m", "video_cfg": 1.0, "audio_cfg": 1.0,
+              "modality_scale": 0.0},
              {"model": (1, 0, "MMG_MODEL"), "latent": (2, 0, "MMG_AV_LATENT")}, seed_control="randomize",
-             size=(320, 180)),
+             size=(320, 260)),
         Node(4, "MMGDecode", "Decode to frames + audio", {}, {"latent": (3, 0, "MMG_AV_LATENT")}),
     ]
 
@@ -127,7 +130,33 @@ def core_video_nodes() -> tuple[str, list[Node], str]:
     return "mmg_mmdiffusion_core_video_nodes", nodes, note
 
 
-ALL = [unconditional_av, core_video_nodes]
+# Guidance of the shipped world model (chosen with `python -m mmg_core eval-world`, see models/MODEL_CARD.md).
+WORLD_GUIDANCE = {"video_cfg": 3.0, "audio_cfg": 3.0, "modality_scale": 1.0}
+DEFAULT_PROMPT = "a red ball bouncing fast, a sharp click at every bounce"
+
+
+def text_to_av() -> tuple[str, list[Node], str]:
+    nodes = [
+        Node(1, "MMGLoadModel", "Load MMG model (shipped world model)",
+             {"ckpt_name": "mmg-world-v1.safetensors", "weight_dtype": "auto"}),
+        Node(2, "MMGTextEncode", "Prompts (what to see / what to hear)",
+             {"video_prompt": DEFAULT_PROMPT, "audio_prompt": "", "negative_video_prompt": "", "negative_audio_prompt": ""},
+             {"model": (1, 0, "MMG_MODEL")}, size=(400, 360)),
+        Node(3, "MMGEmptyAVLatent", "Empty AV latent", {"batch_size": 1}, {"model": (1, 0, "MMG_MODEL")}),
+        Node(4, "MMGSampler", "Joint audio-video sampler",
+             {"seed": 42, "steps": 25, "sampler_name": "dpmpp_2m", **WORLD_GUIDANCE},
+             {"model": (1, 0, "MMG_MODEL"), "latent": (3, 0, "MMG_AV_LATENT"), "conditioning": (2, 0, "MMG_CONDITIONING")},
+             seed_control="randomize", size=(320, 260)),
+        Node(5, "MMGDecode", "Decode to frames + audio", {}, {"latent": (4, 0, "MMG_AV_LATENT")}),
+        Node(6, "MMGSaveMP4", "Save MP4", {"fps": 10.0, "filename_prefix": "mmg/text_to_av", "crf": 18},
+             {"images": (5, 0, "IMAGE"), "fps": (5, 2, "FLOAT"), "audio": (5, 1, "AUDIO")}, size=(360, 420)),
+    ]
+    note = ("Text to synchronized audio + video with the pack's own model (ships with the pack, no download). "
+            "Edit the prompts and press Run.")
+    return "mmg_text_to_audio_video", nodes, note
+
+
+ALL = [text_to_av, unconditional_av, core_video_nodes]
 
 
 def main() -> None:

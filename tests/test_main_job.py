@@ -1,0 +1,162 @@
+"""The README's main job (scripts/main_job.py) and HTTP batch queueing (scripts/batch_queue.py),
+run as a user runs them: as subprocesses against real ComfyUI 0.3.75 servers with the shipped
+text-to-audio-video workflow and the pack's own model (models/mmg-world-v1.safetensors), 1-2 steps."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import av
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+MAIN_JOB = REPO / "scripts" / "main_job.py"
+BATCH = REPO / "scripts" / "batch_queue.py"
+WORKFLOW = REPO / "workflows" / "api" / "mmg_text_to_audio_video.json"
+TIMEOUT = 600
+
+pytestmark = pytest.mark.server  # every test here boots or uses a real ComfyUI
+
+
+def run_script(script: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(script), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=TIMEOUT)
+
+
+def explain(result: subprocess.CompletedProcess) -> str:
+    return f"exit {result.returncode}\n--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr[-4000:]}"
+
+
+def stream_types(path: Path) -> list[str]:
+    container = av.open(str(path))
+    try:
+        return sorted(stream.type for stream in container.streams)
+    finally:
+        container.close()
+
+
+def write_prompts(folder: Path, lines: list[str]) -> Path:
+    path = folder / "prompts.txt"
+    path.write_text("# test prompts\n\n" + "\n".join(lines) + "\n")
+    return path
+
+
+def read_manifest(out: Path) -> dict:
+    return json.loads((out / "manifest.json").read_text())
+
+
+class RefusingComfy(BaseHTTPRequestHandler):
+    """Looks like a ComfyUI with every node installed, but answers HTTP 500 to every queued prompt."""
+
+    def _answer(self, status: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/object_info/"):
+            self._answer(200, {self.path.rsplit("/", 1)[1]: {}})
+        else:
+            self._answer(200, {})
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self._answer(500, {"error": "out of memory (test server)"})
+
+    def log_message(self, *args) -> None:
+        pass  # keep pytest's output clean
+
+
+@pytest.fixture
+def refusing_server():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), RefusingComfy)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_batch_spreads_prompts_over_given_and_started_servers(comfy_server, tmp_path):
+    prompts = write_prompts(tmp_path, [
+        "a red ball bouncing fast, a high click at every bounce, on a dark background",
+        "a blue lamp blinking slowly, on a light background | a low beep while it is lit",
+        "a stick striking a green drum quickly, a deep thump at every strike, on a dark background",
+    ])
+    out = tmp_path / "clips"
+    result = run_script(BATCH, "--prompts", str(prompts), "--server", comfy_server.url, "--start-servers", "1",
+                        "--out", str(out), "--steps", "2", "--seed-base", "11", cwd=tmp_path)
+    assert result.returncode == 0, explain(result)
+    assert "3 prompts, 3 ok, 0 failed" in result.stdout
+
+    manifest = read_manifest(out)
+    assert manifest["summary"] == {"prompts": 3, "ok": 3, "failed": 0, "pending": 0}
+    entries = manifest["prompts"]
+    assert [e["index"] for e in entries] == [1, 2, 3]
+    assert [e["seed"] for e in entries] == [11, 12, 13]
+    assert entries[1]["video_prompt"].startswith("a blue lamp") and entries[1]["audio_prompt"].startswith("a low beep")
+    assert entries[0]["output"] == "001-a-red-ball-bouncing-fast-a-high-click-at-every.mp4"
+    for entry in entries:
+        assert entry["status"] == "ok" and entry["prompt_id"], entry
+        assert stream_types(out / entry["output"]) == ["audio", "video"], entry
+    # Three prompts, at most two in flight per server: both servers got work.
+    servers = {entry["server"] for entry in entries}
+    started = [s["url"] for s in manifest["servers"] if s["started_here"]]
+    assert len(started) == 1 and servers == {comfy_server.url, started[0]}, manifest["servers"]
+
+
+def test_batch_retries_elsewhere_and_reports_every_failure(comfy_server, refusing_server, tmp_path):
+    prompts = write_prompts(tmp_path, [
+        "a yellow bar sliding up and down slowly, a low hum that rises and falls with the bar",
+        "   | a sound without a picture",  # MMGTextEncode rejects an empty video prompt
+    ])
+    out = tmp_path / "clips"
+    result = run_script(BATCH, "--prompts", str(prompts), "--server", refusing_server, "--server", comfy_server.url,
+                        "--out", str(out), "--steps", "1", "--seed-base", "3", cwd=tmp_path)
+    assert result.returncode == 1, explain(result)
+    assert "2 prompts, 1 ok, 1 failed" in result.stdout
+
+    good, bad = read_manifest(out)["prompts"]
+    # The first prompt went to the refusing server (least busy, listed first) and was retried on the real one.
+    assert good["status"] == "ok" and good["server"] == comfy_server.url, good
+    assert [a["server"] for a in good["attempts"]] == [refusing_server, comfy_server.url]
+    assert "HTTP 500" in good["attempts"][0]["message"]
+    assert stream_types(out / good["output"]) == ["audio", "video"]
+
+    assert bad["status"] == "error" and bad["output"] is None, bad
+    assert {a["server"] for a in bad["attempts"]} == {refusing_server, comfy_server.url}
+    assert "node 2 (MMGTextEncode) failed" in bad["message"] and "video_prompt is empty" in bad["message"]
+    assert not list(out.glob("002-*.mp4"))
+
+
+def test_main_job_prints_the_mp4_path_last(tmp_path):
+    result = run_script(MAIN_JOB, "--steps", "2", "--seed", "1", "--prompt",
+                        "a purple drum being hit with a stick rapidly, a high drum hit with every hit", cwd=tmp_path)
+    assert result.returncode == 0, explain(result)
+    lines = result.stdout.strip().splitlines()
+    mp4 = Path(lines[-1])
+    assert mp4.is_absolute() and mp4.suffix == ".mp4" and mp4.is_file(), explain(result)
+    assert mp4.is_relative_to(tmp_path / "outputs")  # the documented default output folder
+    assert stream_types(mp4) == ["audio", "video"]
+    for phase in ("seed 1, 2 steps", "starting ComfyUI", "queued", "sampling", "writing MP4", "done in"):
+        assert any(line.startswith(phase) for line in lines), f"no {phase!r} line:\n{result.stdout}"
+    assert "2/2" in result.stderr  # the sampler's progress bar, fed by websocket progress events
+
+
+def test_main_job_names_the_failing_node(tmp_path):
+    workflow = json.loads(WORKFLOW.read_text())
+    workflow["4"]["inputs"]["sampler_name"] = "no_such_sampler"  # combos are checked at run time (V3)
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps(workflow))
+    result = run_script(MAIN_JOB, "--steps", "1", "--seed", "1", "--workflow", str(broken), cwd=tmp_path)
+    assert result.returncode == 1, explain(result)
+    assert "node 4 (MMGSampler) failed" in result.stderr and "no_such_sampler" in result.stderr, explain(result)
+    assert not list((tmp_path / "outputs").rglob("*.mp4"))

@@ -1,0 +1,203 @@
+"""mmg_core.world_eval: the evaluation prompts, the scoring of decoded clips, and the eval-world command."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from mmg_core import checkpoint, media
+from mmg_core.__main__ import main
+from mmg_core.models.mmdiffusion import MMDiffusionUNet
+from mmg_core.models.mmdiffusion_config import PRESETS
+from mmg_core.world import EVAL_HOLDOUT_COMBOS, SCENES, TEMPOS, caption_attributes, captions
+from mmg_core.world_eval import (
+    DEFAULT_PROMPTS_PATH,
+    EVENT_SCENES,
+    THRESHOLDS,
+    check_world_model,
+    evaluate_items,
+    load_eval_prompts,
+    make_eval_prompts,
+    reference_media,
+    write_eval_prompts,
+)
+
+SHIPPED = load_eval_prompts()
+
+
+# ----------------------------------------------------------------------------------------------
+# The prompts
+
+
+def test_shipped_prompts_are_exactly_what_the_generator_writes(tmp_path):
+    assert SHIPPED == make_eval_prompts(0) == load_eval_prompts(DEFAULT_PROMPTS_PATH)
+    rewritten = write_eval_prompts(tmp_path / "prompts.json", seed=0)
+    assert rewritten.read_text() == DEFAULT_PROMPTS_PATH.read_text()
+    assert make_eval_prompts(1) != SHIPPED
+
+
+def test_prompts_mix_unseen_combinations_and_paraphrases_over_all_scenes():
+    assert len(SHIPPED) == 64
+    assert len({item.id for item in SHIPPED}) == len({item.prompt for item in SHIPPED}) == 64
+    scenes = [item.scene for item in SHIPPED]
+    assert set(scenes) == set(SCENES)
+    assert scenes.count("slider") >= 12 and sum(scene in EVENT_SCENES for scene in scenes) >= 36
+    for item in SHIPPED:
+        assert (item.kind == "unseen_combination") == (item.combo in EVAL_HOLDOUT_COMBOS), item
+    unseen = [item for item in SHIPPED if item.kind == "unseen_combination"]
+    assert len(unseen) > len(SHIPPED) / 2 and {item.combo for item in unseen} == set(EVAL_HOLDOUT_COMBOS)
+    for scene in SCENES:  # both tempos of every scene, so every sync comparison has same-tempo partners
+        assert {item.tempo for item in SHIPPED if item.scene == scene} == set(TEMPOS)
+    for item in SHIPPED:
+        assert caption_attributes(item.prompt) == {name: {value} for name, value in item.attributes.items()}, item
+
+
+def _all_captions(item, split: str) -> set[str]:
+    """Every caption caption_for can write for the item's attributes with ``split``'s wording."""
+    banks = [
+        captions.TEMPLATES[split],
+        [s.format(colour=item.colour) for s in captions.SUBJECTS[item.scene][split]],
+        captions.TEMPO_WORDS[item.tempo][split],
+        captions.PITCH_WORDS[item.pitch][split],
+        captions.SOUNDS[item.scene][split],
+        captions.SYNCS[item.scene][split],
+        captions.BACKGROUND_WORDS[item.background][split],
+    ]
+    found = set()
+    for template, subject, tempo, pitch, sound, sync, background in itertools.product(*banks):
+        text = template.format(subject=subject, tempo=tempo, pitch=pitch, sound=sound, sync=sync,
+                               background=background)
+        text = re.sub(r"\ba (?=[aeiou])", "an ", text)
+        found.add(text[0].upper() + text[1:])
+    return found
+
+
+def test_prompts_use_held_out_wording_only():
+    for item in SHIPPED:
+        # Membership in the held-out set also proves the enumeration writes captions as caption_for does.
+        assert item.prompt in _all_captions(item, "eval"), item.prompt
+        assert item.prompt not in _all_captions(item, "train"), item.prompt
+
+
+def test_bad_prompt_files_are_refused_with_a_reason(tmp_path):
+    path = tmp_path / "prompts.json"
+    path.write_text(json.dumps({"items": []}))
+    with pytest.raises(ValueError, match="not an evaluation prompts file"):
+        load_eval_prompts(path)
+    payload = json.loads(DEFAULT_PROMPTS_PATH.read_text())
+    payload["items"][3]["scene"] = "piano"
+    path.write_text(json.dumps(payload))
+    with pytest.raises(ValueError, match="scene must be one of"):
+        load_eval_prompts(path)
+    del payload["items"][3]["scene"]
+    path.write_text(json.dumps(payload))
+    with pytest.raises(ValueError, match="exactly the keys"):
+        load_eval_prompts(path)
+    with pytest.raises(FileNotFoundError):
+        load_eval_prompts(tmp_path / "missing.json")
+
+
+# ----------------------------------------------------------------------------------------------
+# Scoring, on the world's own renders of the prompts
+
+
+def _subset():
+    """2 prompts per (scene, tempo): 6 event clips per tempo and 4 slider clips."""
+    chosen = []
+    for scene, tempo in itertools.product(SCENES, TEMPOS):
+        chosen += [item for item in SHIPPED if item.scene == scene and item.tempo == tempo][:2]
+    return chosen
+
+
+@pytest.fixture(scope="module")
+def reference_clips():
+    items = _subset()
+    return items, [reference_media(item) for item in items]
+
+
+def test_ground_truth_clips_pass_every_criterion(reference_clips, tmp_path):
+    items, clips = reference_clips
+    report = evaluate_items(items, clips, tmp_path, {"source": "reference", "prompts": "test"}, progress=False)
+    assert report["passed"] and set(report["criteria"]) == set(THRESHOLDS)
+    assert all(c["value"] == 1.0 for c in report["criteria"].values()), report["criteria"]
+    assert report["criteria"]["sync_pass_rate"]["clips"] == 12 and report["criteria"]["slider_pass_rate"]["clips"] == 4
+    for record in report["clips"]:
+        if "sync" in record:
+            assert record["sync"]["own_s"] <= 0.005
+            # The yardstick averages over all 5 other event clips of the same tempo, not one partner.
+            assert record["sync"]["mismatched_clips"] == 5 and record["sync"]["mismatched_s"] > 0.04
+        else:
+            assert record["slider"]["r"] >= 0.9
+    written = json.loads((tmp_path / "report.json").read_text())  # strict JSON: no NaN
+    assert written["criteria"] == report["criteria"] and len(written["clips"]) == len(items)
+    markdown = (tmp_path / "report.md").read_text()
+    assert "| Tempo read correctly | 100.0 % | ≥ 80 % | 16 | pass |" in markdown and "**PASS**" in markdown
+    decoded = media.read_mp4(written["clips"][0]["path"])  # the analysed file is a real MP4
+    assert decoded.frames.shape == (16, 64, 64, 3) and decoded.audio.shape == (1, 25600)
+
+
+def _rotate_within(groups: dict, clips: list) -> list:
+    """Give every clip the audio of the next clip of its group (a derangement within each group)."""
+    swapped = list(clips)
+    for members in groups.values():
+        assert len(members) >= 2
+        for a, b in zip(members, members[1:] + members[:1]):
+            swapped[a] = dataclasses.replace(clips[a], audio=clips[b].audio)
+    return swapped
+
+
+def test_audio_from_other_clips_fails_sync_and_slider(reference_clips, tmp_path):
+    items, clips = reference_clips
+    groups: dict = {}
+    for index, item in enumerate(items):
+        groups.setdefault((item.scene in EVENT_SCENES, item.tempo), []).append(index)
+    shuffled = _rotate_within(groups, clips)
+    report = evaluate_items(items, shuffled, tmp_path, {"source": "reference", "prompts": "test"}, progress=False)
+    criteria = report["criteria"]
+    assert criteria["colour_accuracy"]["value"] == criteria["scene_accuracy"]["value"] == 1.0
+    assert criteria["sync_pass_rate"]["value"] <= 0.25 and not criteria["sync_pass_rate"]["passed"]
+    assert not criteria["slider_pass_rate"]["passed"] and not report["passed"]
+    assert "**FAIL**" in (tmp_path / "report.md").read_text()
+
+
+# ----------------------------------------------------------------------------------------------
+# A model run end to end
+
+
+def test_models_the_prompts_cannot_describe_are_refused():
+    with pytest.raises(ValueError, match="text-conditioned"):
+        check_world_model(dataclasses.replace(PRESETS["world"], text_dim=None))
+    with pytest.raises(ValueError, match="synthetic world"):
+        check_world_model(dataclasses.replace(PRESETS["world"], fps=25.0))
+    check_world_model(PRESETS["world"])
+
+
+def test_eval_world_command_runs_a_tiny_model_end_to_end(tmp_path):
+    torch.manual_seed(0)  # the model's random initialisation
+    model = MMDiffusionUNet(dataclasses.replace(PRESETS["world"], model_channels=32))
+    model_path = tmp_path / "tiny-world.safetensors"
+    checkpoint.save_safetensors(model, model_path)
+    out = tmp_path / "eval"
+    code = main(["eval-world", "--model", str(model_path), "--out", str(out), "--limit", "2", "--steps", "2",
+                 "--batch-size", "2", "--device", "cpu"])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    settings = report["settings"]
+    assert settings["num_clips"] == 2 and settings["steps"] == 2 and settings["batch_size"] == 2
+    assert settings["guidance"] == {"video_cfg": 3.0, "audio_cfg": 3.0, "modality": 1.0}
+    assert [c["id"] for c in report["clips"]] == ["eval-00", "eval-01"]
+    assert set(report["criteria"]) == set(THRESHOLDS) and isinstance(report["passed"], bool)
+    for criterion in report["criteria"].values():
+        assert set(criterion) == {"value", "passed_clips", "clips", "threshold", "passed"}
+    for record in report["clips"]:
+        assert set(record["measured"]) == set(record["intended"]) == {"scene", "colour", "tempo", "pitch", "background"}
+        clip = media.read_mp4(record["path"])
+        assert clip.frames.shape == (16, 64, 64, 3) and clip.audio.shape == (1, 25600) and clip.fps == 10
+        assert json.loads(clip.metadata["mmg_eval"])["prompt"] == record["prompt"]
+    assert "## Evaluation on unseen prompts" in (out / "report.md").read_text()
