@@ -432,8 +432,12 @@ def _settings_line(settings: dict) -> str:
         source = (f"model `{Path(settings['model']).name}`, {settings['sampler']} {settings['steps']} steps, "
                   f"guidance video {g['video_cfg']} / audio {g['audio_cfg']} / modality {g['modality']}")
     return (f"{settings['num_clips']} clips from {source}; prompts `{settings['prompts']}` "
-            f"({settings['kinds']['unseen_combination']} unseen attribute combinations, "
-            f"{settings['kinds']['unseen_paraphrase']} unseen paraphrases of training combinations).")
+            f"({_count(settings['kinds']['unseen_combination'], 'unseen attribute combination')}, "
+            f"{_count(settings['kinds']['unseen_paraphrase'], 'unseen paraphrase')} of training combinations).")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _summary_markdown(report: dict) -> list[str]:

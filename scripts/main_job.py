@@ -153,6 +153,8 @@ def warn(message: str) -> None:
 
 def start_comfyui(output_dir: Path, port: int | None) -> comfyui_env.ServerProcess:
     """ComfyUI with this pack on 127.0.0.1, writing outputs to ``output_dir``; logs in a temp base dir."""
+    if not (comfyui_env.comfyui_cache_dir() / comfyui_env.EXTRACTED_MARKER).is_file():
+        say(f"fetching ComfyUI into {comfyui_env.comfyui_cache_dir()} (first run only)")
     root = comfyui_env.ensure_comfyui()
     base = comfyui_env.make_base_dir(Path(tempfile.mkdtemp(prefix="mmg-main-job-")),
                                      comfyui_env.default_packs())

@@ -5,6 +5,7 @@ text-to-audio-video workflow and the pack's own model (models/mmg-world-v1.safet
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -24,8 +25,10 @@ pytestmark = pytest.mark.server  # every test here boots or uses a real ComfyUI
 
 
 def run_script(script: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(script), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=TIMEOUT)
+    # TMPDIR: the servers' base folders (kept after a failure, with the log) stay under pytest's tmp.
+    env = {**os.environ, "TMPDIR": str(cwd)}
+    return subprocess.run([sys.executable, str(script), *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=TIMEOUT)
 
 
 def explain(result: subprocess.CompletedProcess) -> str:
