@@ -479,6 +479,8 @@ def _exit_on_sigterm(signum, frame) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    # Started in the background by a shell, Python inherits SIGINT ignored; Ctrl-C / kill -INT must still stop us.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return run(args)
     except ValueError as error:

@@ -31,7 +31,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import comfy_client  # noqa: E402  (scripts/ is not a package)
 import comfyui_env  # noqa: E402
-from comfy_client import ComfyClient, ComfyError, ExecutionError, PromptRejected  # noqa: E402
+from comfy_client import ComfyClient, ComfyError, ExecutionError  # noqa: E402
 
 REPO_ROOT = comfyui_env.REPO_ROOT
 PACK_NAME = comfyui_env.DEFAULT_PACK_NAME
@@ -235,61 +235,71 @@ def generate(server: comfyui_env.ServerProcess, prompt: Mapping, steps: int, tim
     return mp4_of(entry, prompt).relative_path()
 
 
-def run(args: argparse.Namespace) -> int:
-    started = time.monotonic()
+def prepare(args: argparse.Namespace) -> tuple[dict, int, int]:
+    """The API prompt to queue, its seed and its number of steps; ValueError if it cannot run here."""
     workflow = load_workflow(args.workflow)
     missing = missing_pack_models(workflow)
     if missing:
-        warn(f"error: the shipped model {', '.join(missing)} is missing from {PACK_MODELS_DIR}; it ships with "
-             "the pack: restore it (e.g. `git checkout -- models/`) or re-download the pack")
-        return 1
+        raise ValueError(f"the shipped model {', '.join(missing)} is missing from {PACK_MODELS_DIR}; it ships "
+                         "with the pack: restore it from the pack's repository")
     seed = secrets.randbelow(MAX_SEED) if args.seed is None else args.seed
     prompt = text_to_av_prompt(workflow, args.prompt, args.audio_prompt, seed, args.steps)
-    steps = prompt[find_node(prompt, "MMGSampler")]["inputs"]["steps"]
+    return prompt, seed, prompt[find_node(prompt, "MMGSampler")]["inputs"]["steps"]
+
+
+def clip_on(server: comfyui_env.ServerProcess, prompt: Mapping, steps: int, output_dir: Path,
+            timeout: float) -> Path | None:
+    """Run the prompt on the booted server; the MP4's absolute path, or None after printing why not."""
+    problems = pack_import_problems(server)
+    if problems:
+        warn("error: " + "\n".join(problems))
+        return None
+    try:
+        relative = generate(server, prompt, steps, timeout)
+    except ExecutionError as error:
+        warn(f"error: node {error.node_id} ({error.node_type}) failed: "
+             f"{error.exception_type}: {error.exception_message}\nserver log: {server.log_path}")
+        return None
+    except (ComfyError, TimeoutError) as error:  # rejected prompt, lost server, time limit
+        warn(f"error: {error}\n--- server log tail ---\n{comfyui_env.tail(server.log_text(), 30)}")
+        return None
+    mp4 = output_dir / relative
+    if not mp4.is_file():
+        warn(f"error: ComfyUI reported {relative} but {mp4} does not exist")
+        return None
+    return mp4
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    prompt, seed, steps = prepare(args)
     output_dir = args.output_directory.expanduser().resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     say(f"prompt: {args.prompt!r}" + (f", audio prompt: {args.audio_prompt!r}" if args.audio_prompt else ""))
     say(f"seed {seed}, {steps} steps")
-
     say(f"starting ComfyUI {comfyui_env.COMFYUI_VERSION}")
     try:
         server = start_comfyui(output_dir, args.port)
     except comfyui_env.ServerStartError as error:
         warn(f"error: {error}")
         return 1
-    failed = True
+    mp4 = None
     try:
         booted = time.monotonic()
         say(f"ComfyUI at {server.url} (started in {booted - started:.1f} s)")
-        problems = pack_import_problems(server)
-        if problems:
-            warn("error: " + "\n".join(problems))
-            return 1
-        try:
-            relative = generate(server, prompt, steps, args.timeout)
-        except ExecutionError as error:
-            warn(f"error: node {error.node_id} ({error.node_type}) failed: "
-                 f"{error.exception_type}: {error.exception_message}")
-            warn(f"server log: {server.log_path}")
-            return 1
-        except (PromptRejected, ComfyError, TimeoutError) as error:
-            warn(f"error: {error}\n--- server log tail ---\n{comfyui_env.tail(server.log_text(), 30)}")
-            return 1
-        mp4 = output_dir / relative
-        if not mp4.is_file():
-            warn(f"error: ComfyUI reported {relative} but {mp4} does not exist")
+        mp4 = clip_on(server, prompt, steps, output_dir, args.timeout)
+        if mp4 is None:
             return 1
         finished = time.monotonic()
         say(f"done in {finished - started:.1f} s (ComfyUI start {booted - started:.1f} s, "
             f"generation {finished - booted:.1f} s)")
         say(str(mp4))
-        failed = False
         if args.keep_server:
             keep_serving(server, output_dir)
         return 0
     finally:
         server.stop()
-        if failed:
+        if mp4 is None:
             warn(f"ComfyUI's log and folders are kept in {server.base}")
         else:
             shutil.rmtree(server.base, ignore_errors=True)
@@ -302,6 +312,8 @@ def _exit_on_sigterm(signum, frame) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    # Started in the background by a shell, Python inherits SIGINT ignored; Ctrl-C / kill -INT must still stop us.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return run(args)
     except ValueError as error:

@@ -1,6 +1,7 @@
 """The README's main job (scripts/main_job.py) and HTTP batch queueing (scripts/batch_queue.py),
 run as a user runs them: as subprocesses against real ComfyUI 0.3.75 servers with the shipped
-text-to-audio-video workflow and the pack's own model (models/mmg-world-v1.safetensors), 1-2 steps."""
+text-to-audio-video workflow and the pack's own model (models/mmg-world-v1.safetensors), 1-2 steps.
+The first two tests (prompt files) need no server."""
 
 from __future__ import annotations
 
@@ -15,13 +16,17 @@ from pathlib import Path
 import av
 import pytest
 
+from mmg_core.world.captions import caption_attributes
+
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO / "scripts") not in sys.path:
+    sys.path.append(str(REPO / "scripts"))
+from batch_queue import output_name, parse_prompts  # noqa: E402  (scripts/ is not a package)
+
 MAIN_JOB = REPO / "scripts" / "main_job.py"
 BATCH = REPO / "scripts" / "batch_queue.py"
 WORKFLOW = REPO / "workflows" / "api" / "mmg_text_to_audio_video.json"
 TIMEOUT = 600
-
-pytestmark = pytest.mark.server  # every test here boots or uses a real ComfyUI
 
 
 def run_script(script: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -88,6 +93,31 @@ def refusing_server():
     server.server_close()
 
 
+def test_prompt_file_lines_comments_and_audio_split():
+    prompts = parse_prompts("# heading\n\n  a red ball bouncing | a click  \nA Blue Lamp, blinking!\n   # note\n| only sound\n")
+    assert [(p.index, p.line, p.video, p.audio) for p in prompts] == [
+        (1, 3, "a red ball bouncing", "a click"),
+        (2, 4, "A Blue Lamp, blinking!", ""),
+        (3, 6, "", "only sound"),
+    ]
+    assert [output_name(p, 3) for p in prompts] == [
+        "001-a-red-ball-bouncing.mp4", "002-a-blue-lamp-blinking.mp4", "003-only-sound.mp4"]
+    assert output_name(prompts[0], 1200) == "0001-a-red-ball-bouncing.mp4"  # names sort in prompt order
+
+
+def test_example_prompts_speak_the_world_models_language():
+    prompts = parse_prompts((REPO / "examples" / "prompts.txt").read_text())
+    assert len(prompts) >= 6
+    seen: dict[str, set[str]] = {}
+    for prompt in prompts:
+        attributes = caption_attributes(f"{prompt.video} {prompt.audio}")
+        for name, values in attributes.items():
+            assert len(values) == 1, f"{prompt.video!r} names {name} {sorted(values) or 'not at all'}"
+            seen.setdefault(name, set()).update(values)
+    assert seen["scene"] == {"ball", "drum", "lamp", "slider"}
+    assert len(seen["colour"]) == 7 and seen["tempo"] == {"fast", "slow"} and seen["pitch"] == {"low", "high"}
+
+
 def test_batch_spreads_prompts_over_given_and_started_servers(comfy_server, tmp_path):
     prompts = write_prompts(tmp_path, [
         "a red ball bouncing fast, a high click at every bounce, on a dark background",
@@ -140,6 +170,7 @@ def test_batch_retries_elsewhere_and_reports_every_failure(comfy_server, refusin
     assert not list(out.glob("002-*.mp4"))
 
 
+@pytest.mark.server  # boots its own ComfyUI
 def test_main_job_prints_the_mp4_path_last(tmp_path):
     result = run_script(MAIN_JOB, "--steps", "2", "--seed", "1", "--prompt",
                         "a purple drum being hit with a stick rapidly, a high drum hit with every hit", cwd=tmp_path)
@@ -154,6 +185,7 @@ def test_main_job_prints_the_mp4_path_last(tmp_path):
     assert "2/2" in result.stderr  # the sampler's progress bar, fed by websocket progress events
 
 
+@pytest.mark.server
 def test_main_job_names_the_failing_node(tmp_path):
     workflow = json.loads(WORKFLOW.read_text())
     workflow["4"]["inputs"]["sampler_name"] = "no_such_sampler"  # combos are checked at run time (V3)
