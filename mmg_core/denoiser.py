@@ -141,6 +141,18 @@ def _eps_from_x0(x: torch.Tensor, x0: torch.Tensor, a: torch.Tensor) -> torch.Te
     return (x.float() - _per_sample(a.sqrt(), x) * x0.float()) / _per_sample((1 - a).sqrt(), x)
 
 
+def eps_from_prediction(prediction_type: str, x: torch.Tensor, pred: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """What a model predicted (epsilon, v or x0) at noisy input ``x`` → epsilon; ``alpha_bar`` (B,).
+
+    Shared by sampling (``EpsDenoiser``) and training, so a model is trained on exactly the epsilon
+    its sampler will use. Differentiable.
+    """
+    if prediction_type == "epsilon":
+        return pred
+    convert = _eps_from_v if prediction_type == "v_prediction" else _eps_from_x0
+    return convert(x, pred, alpha_bar)
+
+
 def x0_from_eps(x: AV, eps: AV, t: torch.Tensor, alphas_cumprod: torch.Tensor) -> AV:
     """Predicted clean sample from a model input ``x`` at timesteps ``t`` (B,) and its epsilon.
 
@@ -183,5 +195,4 @@ class EpsDenoiser:
         if self.prediction_type == "epsilon":
             return out
         a = alpha_bar_at(self._alphas_cumprod, t)
-        convert = _eps_from_v if self.prediction_type == "v_prediction" else _eps_from_x0
-        return x.zip_map(out, lambda xs, pred: convert(xs, pred, a))
+        return x.zip_map(out, lambda xs, pred: eps_from_prediction(self.prediction_type, xs, pred, a))

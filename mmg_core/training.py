@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from .codec import encode_media
 from .conditioning import TextRows, text_context
-from .denoiser import NoiseSchedule
+from .denoiser import NoiseSchedule, eps_from_prediction
 from .models.mmdiffusion import MMDiffusionUNet
 from .models.mmdiffusion_config import PRESETS, MMDiffusionConfig
 from .plotting import line_plot
@@ -242,18 +242,25 @@ def training_loss(
     model: torch.nn.Module, config: MMDiffusionConfig, schedule_alphas: torch.Tensor, video: torch.Tensor,
     audio: torch.Tensor, text, generator: torch.Generator, weights: tuple[float, float],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Joint epsilon loss at one timestep per clip shared by both streams."""
+    """Joint epsilon loss at one timestep per clip shared by both streams.
+
+    Whatever the network's output parameterisation (``config.prediction_type``), it is turned into
+    epsilon exactly as the sampler does and compared with the true noise.
+    """
     clean = encode_media(config, video, audio)
     batch = video.shape[0]
     t = torch.randint(0, config.num_train_timesteps, (batch,), generator=generator)
     noise_v = torch.randn(clean.video.shape, generator=generator)
     noise_a = torch.randn(clean.audio.shape, generator=generator)
-    a = schedule_alphas[t].float()
+    alpha_bar = schedule_alphas[t]
+    a = alpha_bar.float()
     noisy_v = a.sqrt().view(-1, 1, 1, 1, 1) * clean.video + (1 - a).sqrt().view(-1, 1, 1, 1, 1) * noise_v
     noisy_a = a.sqrt().view(-1, 1, 1) * clean.audio + (1 - a).sqrt().view(-1, 1, 1) * noise_a
     pred_v, pred_a = model(noisy_v, noisy_a, t, text=text)
-    loss_v = F.mse_loss(pred_v, noise_v)
-    loss_a = F.mse_loss(pred_a, noise_a)
+    eps_v = eps_from_prediction(config.prediction_type, noisy_v, pred_v, alpha_bar)
+    eps_a = eps_from_prediction(config.prediction_type, noisy_a, pred_a, alpha_bar)
+    loss_v = F.mse_loss(eps_v, noise_v)
+    loss_a = F.mse_loss(eps_a, noise_a)
     return weights[0] * loss_v + weights[1] * loss_a, loss_v.detach(), loss_a.detach()
 
 
