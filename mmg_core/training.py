@@ -57,6 +57,10 @@ class TrainConfig:
     cond_dropout: float = 0.1
     video_loss_weight: float = 1.0
     audio_loss_weight: float = 1.0
+    # Per-clip weight of the epsilon loss over timesteps: "none" (plain MSE), or "v" = 1/ᾱ, which for a
+    # v-parameterised network equals the v loss (eps error = sqrt(ᾱ)·v error), so the high-noise steps
+    # that decide colour, scene and tempo are not drowned out.
+    loss_weighting: str = "none"
     seed: int = 0
     data_seed: int = 0
     log_every: int = 10
@@ -91,6 +95,8 @@ class TrainConfig:
             raise ValueError("steps and batch_size must be >= 1")
         if not 0 <= self.cond_dropout < 1:
             raise ValueError(f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
+        if self.loss_weighting not in ("none", "v"):
+            raise ValueError(f"loss_weighting must be 'none' or 'v', got {self.loss_weighting!r}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
@@ -240,7 +246,7 @@ def drop_prompts(captions: list[str], p: float, generator: torch.Generator) -> t
 
 def training_loss(
     model: torch.nn.Module, config: MMDiffusionConfig, schedule_alphas: torch.Tensor, video: torch.Tensor,
-    audio: torch.Tensor, text, generator: torch.Generator, weights: tuple[float, float],
+    audio: torch.Tensor, text, generator: torch.Generator, weights: tuple[float, float], loss_weighting: str = "none",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Joint epsilon loss at one timestep per clip shared by both streams.
 
@@ -259,8 +265,10 @@ def training_loss(
     pred_v, pred_a = model(noisy_v, noisy_a, t, text=text)
     eps_v = eps_from_prediction(config.prediction_type, noisy_v, pred_v, alpha_bar)
     eps_a = eps_from_prediction(config.prediction_type, noisy_a, pred_a, alpha_bar)
-    loss_v = F.mse_loss(eps_v, noise_v)
-    loss_a = F.mse_loss(eps_a, noise_a)
+    per_clip_v = (eps_v - noise_v).square().flatten(1).mean(1)
+    per_clip_a = (eps_a - noise_a).square().flatten(1).mean(1)
+    w = (1 / a) if loss_weighting == "v" else torch.ones_like(a)
+    loss_v, loss_a = (w * per_clip_v).mean(), (w * per_clip_a).mean()
     return weights[0] * loss_v + weights[1] * loss_a, loss_v.detach(), loss_a.detach()
 
 
@@ -368,7 +376,8 @@ def _run_loop(train_config, ctx, state, model, dataset, text_encoder, alphas, ou
         text = text_context(TextRows.of(encoded, 0, half), TextRows.of(encoded, half, 2 * half))
         model.train()
         loss, loss_v, loss_a = training_loss(model, config, alphas, video, audio, text, generator,
-                                             (train_config.video_loss_weight, train_config.audio_loss_weight))
+                                             (train_config.video_loss_weight, train_config.audio_loss_weight),
+                                             train_config.loss_weighting)
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(state.model.parameters(), train_config.grad_clip)
