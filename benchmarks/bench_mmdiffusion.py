@@ -4,9 +4,15 @@ plus the joint samplers' overhead per step beyond the model call.
     python benchmarks/bench_mmdiffusion.py --reference-repo /path/to/MM-Diffusion [--repeats 3]
 
 Both models get the same random weights (the state-dict layouts are identical), batch 1, fp32, on the
-CPU, each in its own fresh process so peak RSS is its own. The reference is a checkout of
+CPU, each in its own process so peak RSS is its own. The reference is a checkout of
 github.com/researchmm/MM-Diffusion that you provide (it is not shipped with the pack); without it the
-script reports our figures alone. Results are printed as JSON and written to ``--json`` if given.
+script reports our figures alone.
+
+On a shared machine the load drifts within minutes, so the two processes are loaded and warmed up
+once and then take turns, one forward each, in the order ours-reference, reference-ours, ... (an ABBA
+pattern cancels a linear drift); the time ratio is the median of the per-pair ratios. Each forward
+also reports its process CPU time: CPU/wall near the thread count means the cores were ours.
+Results are printed as JSON (and written to ``--json`` if given), with a short summary on stderr.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -41,16 +48,6 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _time_forwards(forward, repeats: int) -> list[float]:
-    forward()  # warm-up: allocator, oneDNN kernel selection
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        forward()
-        times.append(time.perf_counter() - started)
-    return times
-
-
 def _inputs():
     generator = torch.Generator().manual_seed(0)
     video = torch.randn(1, 16, 3, 64, 64, generator=generator)
@@ -58,7 +55,7 @@ def _inputs():
     return video, audio, torch.tensor([500])
 
 
-def child_ours(weights: str, repeats: int) -> dict:
+def build_ours(weights: str) -> Callable[[], object]:
     from safetensors.torch import load_file
 
     from mmg_core.compat.mmdiffusion import from_reference
@@ -66,12 +63,10 @@ def child_ours(weights: str, repeats: int) -> dict:
     model = from_reference(RELEASED_REFERENCE_ARGS, load_file(weights))
     video, audio, t = _inputs()
     shift_generator = torch.Generator().manual_seed(0)
-    with torch.inference_mode():
-        times = _time_forwards(lambda: model(video, audio, t, generator=shift_generator), repeats)
-    return {"times_s": times, "peak_rss_mb": _peak_rss_mb()}
+    return lambda: model(video, audio, t, generator=shift_generator)
 
 
-def child_reference(weights: str, repeats: int, repo: str) -> dict:
+def build_reference(weights: str, repo: str) -> Callable[[], object]:
     import random
 
     from safetensors.torch import load_file
@@ -98,9 +93,89 @@ def child_reference(weights: str, repeats: int, repo: str) -> dict:
     model.eval()
     random.seed(0)  # the reference draws its RS-MMA shifts from Python's global RNG
     video, audio, t = _inputs()
+    return lambda: model(video, audio, t)
+
+
+def serve(forward: Callable[[], object]) -> None:
+    """Child loop: warm up, then one timed forward per "forward" line on stdin; "done" ends it with
+    the peak RSS. Every answer is one JSON line on stdout."""
     with torch.inference_mode():
-        times = _time_forwards(lambda: model(video, audio, t), repeats)
-    return {"times_s": times, "peak_rss_mb": _peak_rss_mb()}
+        forward()  # warm-up: allocator, oneDNN kernel selection
+        print(json.dumps({"ready": True}), flush=True)
+        for line in sys.stdin:
+            if line.strip() != "forward":
+                break
+            started, cpu_started = time.perf_counter(), time.process_time()
+            forward()
+            wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+            print(json.dumps({"wall_s": wall, "cpu_s": cpu}), flush=True)
+    print(json.dumps({"peak_rss_mb": _peak_rss_mb()}), flush=True)
+
+
+class Child:
+    """One model in its own process, answering forward requests (see ``serve``)."""
+
+    def __init__(self, kind: str, weights: str, repo: str | None):
+        command = [sys.executable, __file__, "--child", kind, "--weights", weights]
+        if repo:
+            command += ["--reference-repo", repo]
+        self.kind = kind
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self._answer()  # wait until loaded and warmed up, so the two warm-ups never overlap
+
+    def _answer(self) -> dict:
+        while line := self.process.stdout.readline():
+            if line.startswith("{"):  # skip anything the model code itself prints
+                return json.loads(line)
+        raise RuntimeError(f"the {self.kind} benchmark process exited with code {self.process.wait()}")
+
+    def forward(self) -> dict:
+        self.process.stdin.write("forward\n")
+        self.process.stdin.flush()
+        return self._answer()
+
+    def finish(self) -> float:
+        """Stop the process; returns its peak RSS in MB."""
+        self.process.stdin.write("done\n")
+        self.process.stdin.flush()
+        peak = self._answer()["peak_rss_mb"]
+        self.process.wait()
+        return peak
+
+
+def _summarise(runs: list[dict], peak_rss_mb: float) -> dict:
+    walls = [run["wall_s"] for run in runs]
+    return {
+        "median_forward_s": statistics.median(walls),
+        "times_s": walls,
+        "cpu_times_s": [run["cpu_s"] for run in runs],
+        "peak_rss_mb": peak_rss_mb,
+    }
+
+
+def compare(weights: str, repeats: int, repo: str | None) -> dict:
+    """Time ours (and the reference, if given) with interleaved forwards."""
+    ours = Child("ours", weights, None)
+    reference = Child("reference", weights, repo) if repo else None
+    ours_runs, reference_runs, ratios = [], [], []
+    for i in range(repeats):
+        if reference is None:
+            ours_runs.append(ours.forward())
+            continue
+        if i % 2 == 0:
+            ours_runs.append(ours.forward())
+            reference_runs.append(reference.forward())
+        else:
+            reference_runs.append(reference.forward())
+            ours_runs.append(ours.forward())
+        ratios.append(ours_runs[-1]["wall_s"] / reference_runs[-1]["wall_s"])
+    report: dict = {"ours": _summarise(ours_runs, ours.finish())}
+    if reference is not None:
+        report["reference"] = _summarise(reference_runs, reference.finish())
+        report["time_ratio_ours_over_reference"] = statistics.median(ratios)
+        report["time_ratio_per_pair"] = ratios
+        report["peak_rss_ratio_ours_over_reference"] = report["ours"]["peak_rss_mb"] / report["reference"]["peak_rss_mb"]
+    return report
 
 
 def sampler_overhead(steps: int = 20) -> dict:
@@ -123,12 +198,31 @@ def sampler_overhead(steps: int = 20) -> dict:
     return {"ms_per_step": result, "steps": steps}
 
 
-def _run_child(kind: str, weights: str, repeats: int, repo: str | None) -> dict:
-    command = [sys.executable, __file__, "--child", kind, "--weights", weights, "--repeats", str(repeats)]
-    if repo:
-        command += ["--reference-repo", repo]
-    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    return json.loads(output.strip().splitlines()[-1])
+def summary(report: dict) -> str:
+    """A few human-readable lines of the JSON report."""
+    lines = [
+        f"{report['config']}; torch {report['torch']}, {report['threads']} threads, "
+        f"1-min load average before/after {report['load_average']}"
+    ]
+    for name in ("ours", "reference"):
+        if name in report:
+            r = report[name]
+            lines.append(
+                f"  {name:9s}: median forward {r['median_forward_s']:.2f} s "
+                f"(CPU {statistics.median(r['cpu_times_s']):.2f} s), peak RSS {r['peak_rss_mb']:.0f} MB"
+            )
+    if "time_ratio_ours_over_reference" in report:
+        pairs = ", ".join(f"{x:.2f}" for x in report["time_ratio_per_pair"])
+        lines.append(
+            f"  ours / reference: time {report['time_ratio_ours_over_reference']:.2f} (per pair {pairs}), "
+            f"peak RSS {report['peak_rss_ratio_ours_over_reference']:.2f}"
+        )
+    overhead = report["sampler_overhead"]
+    lines.append(f"  sampler overhead per step beyond the model call ({overhead['steps']} steps, free model):")
+    for name, ms in overhead["ms_per_step"].items():
+        share = overhead["fraction_of_forward"][name] * 100
+        lines.append(f"    {name:9s} {ms:7.2f} ms/step = {share:.3f} % of our median forward")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -141,11 +235,13 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.child == "ours":
-        print(json.dumps(child_ours(args.weights, args.repeats)))
+        serve(build_ours(args.weights))
         return
     if args.child == "reference":
-        print(json.dumps(child_reference(args.weights, args.repeats, args.reference_repo)))
+        serve(build_reference(args.weights, args.reference_repo))
         return
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
 
     from safetensors.torch import save_file
 
@@ -163,23 +259,22 @@ def main() -> None:
         "config": "MM-Diffusion released (Landscape/AIST++), batch 1, fp32, CPU",
         "parameters": sum(p.numel() for p in model.parameters()),
         "torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as scratch:
         weights = os.path.join(scratch, "weights.safetensors")
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, weights)
         del model
-        ours = _run_child("ours", weights, args.repeats, None)
-        report["ours"] = {"median_forward_s": statistics.median(ours["times_s"]), **ours}
-        if args.reference_repo:
-            reference = _run_child("reference", weights, args.repeats, args.reference_repo)
-            report["reference"] = {"median_forward_s": statistics.median(reference["times_s"]), **reference}
-            report["time_ratio_ours_over_reference"] = report["ours"]["median_forward_s"] / report["reference"]["median_forward_s"]
-            report["peak_rss_ratio_ours_over_reference"] = ours["peak_rss_mb"] / reference["peak_rss_mb"]
+        report.update(compare(weights, args.repeats, args.reference_repo))
+    # The load average after includes our own processes while they ran.
+    report["load_average"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     report["sampler_overhead"] = sampler_overhead()
     report["sampler_overhead"]["fraction_of_forward"] = {
         name: ms / 1000 / report["ours"]["median_forward_s"] for name, ms in report["sampler_overhead"]["ms_per_step"].items()
     }
     text = json.dumps(report, indent=1)
+    print(summary(report), file=sys.stderr)
     print(text)
     if args.json:
         Path(args.json).write_text(text + "\n")

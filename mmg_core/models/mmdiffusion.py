@@ -8,13 +8,14 @@ Module and parameter names follow the released checkpoints (``researchmm/MM-Diff
 computation is written anew:
   * video runs internally as ``(B, C, F, H, W)``; the factorised "2d+1d" convs apply the reference
     Conv2d / Conv1d weights as (1,k,k) / (k,1,1) Conv3d kernels, so no frame loop and no transposes;
-  * all attention goes through ``scaled_dot_product_attention``; RS-MMA reads each frame's audio
-    window (and each audio segment's frame window) as an overlapping strided view of the keys, built
-    per call, so any shape, device or dtype works on the same instance (the reference cached index
-    tensors on first use);
+  * attention goes through ``scaled_dot_product_attention`` (on CPU without autograd, long
+    sequences through two oneDNN convs per head instead); RS-MMA reads each frame's audio window (and
+    each audio segment's frame window) as an overlapping strided view of the keys, built per call, so
+    any shape, device or dtype works on the same instance (the reference cached index tensors);
   * speed on CPU (``benchmarks/bench_mmdiffusion.py``): every 1x1 projection runs as a oneDNN
     convolution on channels-last memory, GroupNorm reads tokens through channels-last views, FiLM is
-    folded into the GroupNorm affine, and without autograd SiLU / residual adds write into the fresh
+    folded into the GroupNorm affine, upsampling ResBlocks run their out layers before the
+    (commuting) nearest upsampling, and without autograd SiLU / residual adds write into the fresh
     intermediate they consume (never into a caller's tensor);
   * the random shift R of each RS-MMA block comes from an injected ``torch.Generator`` or an explicit
     list, never from Python's global ``random``.
@@ -149,11 +150,59 @@ def tokens_linear(tokens: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     fused); other devices keep ``F.linear``."""
     if tokens.device.type != "cpu":
         return F.linear(tokens, weight, bias)
-    c_in = tokens.shape[-1]
-    rows = tokens.reshape(1, -1, 1, c_in)  # a copy only if the tokens are not contiguous
-    image = rows.permute(0, 3, 1, 2)  # (1, C_in, M, 1) channels-last: a view
-    out = F.conv2d(image, weight[:, :, None, None], bias)
-    return out.permute(0, 2, 3, 1).reshape(tokens.shape[:-1] + (weight.shape[0],))
+    # Row-major tokens (a copy only if they are not) make a channels-last image, so the output rows
+    # come back contiguous too: SDPA's fused kernel needs q/k/v with unit stride on the last axis.
+    rows = tokens.contiguous().view(-1, tokens.shape[-1])
+    out = rows_of_image(F.conv2d(image_of_rows(rows), weight[:, :, None, None], bias))
+    return out.view(tokens.shape[:-1] + (weight.shape[0],))
+
+
+def image_of_rows(rows: torch.Tensor) -> torch.Tensor:
+    """(M, C) row-major -> the same memory as a channels-last (1, C, M, 1) image (a view)."""
+    return rows.view(1, rows.shape[0], 1, rows.shape[1]).permute(0, 3, 1, 2)
+
+
+def rows_of_image(image: torch.Tensor) -> torch.Tensor:
+    """(1, C, M, 1) image -> (M, C) rows; a view when the image is channels-last (oneDNN's output)."""
+    return image.permute(0, 2, 3, 1).reshape(image.shape[2], image.shape[1])
+
+
+# Query x key positions per (sequence, head) from which attention runs as two oneDNN convs on CPU
+# rather than SDPA: measured on the benchmark machine, the convs win by 20-30 % at 1024x1024 and
+# 1024x400 (the 2x-downsampled level) and lose by 10-60 % at 256x400 and below.
+CONV_ATTENTION_MIN_SCORES = 200_000
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q kᵀ / √D) v. q (N, H, L, D), k and v (N, H, S, D) -> (N, H, L, D)."""
+    length, keys = q.shape[2], k.shape[2]
+    if (
+        q.device.type == "cpu"
+        and q.dtype == torch.float32
+        and not torch.is_grad_enabled()  # SDPA's fused backward keeps training memory flat
+        and length * keys >= CONV_ATTENTION_MIN_SCORES
+    ):
+        return attention_by_convs(q, k, v)
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+def attention_by_convs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Exact attention with both matmuls as 1x1 convs per (sequence, head); shapes as ``attention``.
+
+    SDPA's CPU flash kernel multiplies through the BLAS sgemm; oneDNN's convolution runs the same
+    products ~1.5x faster here, and one (L, S) score matrix per (sequence, head) stays small."""
+    n, heads, length, dim = q.shape
+    queries = q.contiguous()
+    # Each (S, D) block of the scaled keys is the first conv's weight (scaled on the way: one pass).
+    k = torch.mul(k, dim**-0.5, out=torch.empty(k.shape, dtype=k.dtype, device=k.device))
+    v_t = v.transpose(2, 3).contiguous()  # each (D, S) block is the second conv's weight
+    out = q.new_empty(n, length, heads, dim)  # the memory layout SDPA returns too
+    for i in range(n):
+        for h in range(heads):
+            scores = rows_of_image(F.conv2d(image_of_rows(queries[i, h]), k[i, h][:, :, None, None]))
+            probs = scores.softmax(dim=-1)
+            out[i, :, h] = rows_of_image(F.conv2d(image_of_rows(probs), v_t[i, h][:, :, None, None]))
+    return out.transpose(1, 2)
 
 
 def can_overwrite() -> bool:
@@ -193,15 +242,14 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10
 def video_resample(x: torch.Tensor, up: bool) -> torch.Tensor:
     """Only space is resampled (nearest up / 2x2 mean down); all frames are kept. x: (B, C, F, H, W).
 
-    Works on the (b f h w c) view of channels-last memory, so the reshapes are views and the result
-    is born channels-last (2-4x faster than resampling the NCDHW view and converting)."""
+    Works on views of channels-last memory, so the result is born channels-last: 4x faster up and
+    ~20x faster down (``avg_pool2d``'s channels-last kernel) than einops on the NCDHW view."""
     k = VIDEO_RESAMPLE_FACTOR
-    x = rearrange(x, "b c f h w -> b f h w c")
     if up:
-        out = repeat(x, "b f h w c -> b f (h p) (w q) c", p=k, q=k)
-    else:
-        out = reduce(x, "b f (h p) (w q) c -> b f h w c", "mean", p=k, q=k)
-    return to_channels_last(rearrange(out, "b f h w c -> b c f h w"))
+        out = repeat(rearrange(x, "b c f h w -> b f h w c"), "b f h w c -> b f (h p) (w q) c", p=k, q=k)
+        return to_channels_last(rearrange(out, "b f h w c -> b c f h w"))
+    frames = rearrange(x, "b c f h w -> (b f) c h w")  # a channels-last 4-D view
+    return to_channels_last(rearrange(F.avg_pool2d(frames, k), "(b f) c h w -> b c f h w", b=x.shape[0]))
 
 
 def audio_resample(x: torch.Tensor, up: bool, k: int) -> torch.Tensor:
@@ -233,7 +281,7 @@ class SelfAttention(nn.Module):
         qkv = conv1x1_as_linear(self.qkv, self.norm.tokens(tokens))
         # q, k, v stay strided views of qkv: the CPU flash kernel reads them in place.
         q, k, v = rearrange(qkv, "n l (three h d) -> three n h l d", three=3, h=self.num_heads)
-        attended = rearrange(F.scaled_dot_product_attention(q, k, v), "n h l d -> n l (h d)")
+        attended = rearrange(attention(q, k, v), "n h l d -> n l (h d)")
         return conv1x1_as_linear(self.proj_out, attended)
 
 
@@ -300,8 +348,8 @@ def windowed_attention(
     m = key_qkv.shape[1] // frames
     q = rearrange(query_qkv[..., :c], "b (f n) (h d) -> b f h n d", f=frames, h=heads)
     kv = key_qkv[..., c:]
-    order = (torch.arange(frames + window - 1, device=kv.device) + shift) % frames
     if window > 1 or shift % frames:
+        order = (torch.arange(frames + window - 1, device=kv.device) + shift) % frames
         kv = rearrange(kv, "b (f m) c -> b f m c", f=frames).index_select(1, order).flatten(1, 2)
     batch, _, two_c = kv.shape
     runs = kv.as_strided(
@@ -312,9 +360,7 @@ def windowed_attention(
     k, v = rearrange(runs, "b f l (two h d) -> two b f h l d", two=2, h=heads)
     # One 4-D call per sample keeps SDPA on its fused CPU kernel (5-D falls back to the slow math
     # path, and the overlapping windows cannot be merged with the batch axis into one 4-D view).
-    outputs = [
-        rearrange(F.scaled_dot_product_attention(q[i], k[i], v[i]), "f h n d -> (f n) (h d)") for i in range(batch)
-    ]
+    outputs = [rearrange(attention(q[i], k[i], v[i]), "f h n d -> (f n) (h d)") for i in range(batch)]
     return outputs[0].unsqueeze(0) if batch == 1 else torch.stack(outputs)
 
 
@@ -385,20 +431,31 @@ class ResBlock(nn.Module):
     def forward(self, video: torch.Tensor, audio: torch.Tensor, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         video_h = norm_silu_conv(self.video_in_layers, video)
         audio_h = norm_silu_conv(self.audio_in_layers, audio)
-        if self.resample:
-            up = self.resample == "up"
-            video_h, video = video_resample(video_h, up), video_resample(video, up)
-            k = self.audio_resample_factor
-            audio_h, audio = audio_resample(audio_h, up, k), audio_resample(audio, up, k)
+        # Nearest upsampling commutes with the out layers and the skip: GroupNorm statistics of a
+        # block-replicated tensor are the original's and everything else acts per position. So they
+        # run before upsampling (4x less work there, one resample instead of two) unless dropout
+        # would draw per high-resolution element.
+        late_up = self.resample == "up" and not (self.training and self.video_out_layers[2].p > 0)
+        if self.resample and not late_up:
+            video_h, video, audio_h, audio = self._resample(video_h, video, audio_h, audio)
         emb_out = self.emb_layers(emb).to(video.dtype)
         # The 1x1 conv output is fresh, so the skip is added into it.
         video = add_to_fresh(self._modulate(video_h, self.video_out_layers, emb_out), self.video_skip_connection(video))
         audio = add_to_fresh(self._modulate(audio_h, self.audio_out_layers, emb_out), self.audio_skip_connection(audio))
+        if late_up:
+            video, audio = video_resample(video, up=True), audio_resample(audio, True, self.audio_resample_factor)
         if hasattr(self, "spatial_attention_block"):
             video = self._video_self_attention(video)
         if hasattr(self, "audio_attention_block"):
             audio = self.audio_attention_block(audio.transpose(1, 2)).transpose(1, 2)
         return video, audio
+
+    def _resample(self, *features: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Resample (video_h, video, audio_h, audio) as this block says."""
+        up, k = self.resample == "up", self.audio_resample_factor
+        video_h, video, audio_h, audio = features
+        video_h, video = video_resample(video_h, up), video_resample(video, up)
+        return video_h, video, audio_resample(audio_h, up, k), audio_resample(audio, up, k)
 
     def _video_self_attention(self, video: torch.Tensor) -> torch.Tensor:
         b, _, f, h, w = video.shape
@@ -434,11 +491,11 @@ class TextAttention(nn.Module):
 
     def forward(self, tokens: torch.Tensor, text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """tokens (B, N, C) raw features; text (B, T, D); mask (B, T) True = real token. Returns the update."""
-        normed = self.norm(tokens.transpose(1, 2)).transpose(1, 2)
-        q = rearrange(self.to_q(normed), "b n (h d) -> b h n d", h=self.num_heads)
+        normed = self.norm.tokens(tokens)
+        q = rearrange(tokens_linear(normed, self.to_q.weight, self.to_q.bias), "b n (h d) -> b h n d", h=self.num_heads)
         k, v = rearrange(self.to_kv(text.to(tokens.dtype)), "b t (two h d) -> two b h t d", two=2, h=self.num_heads)
         attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
-        return self.proj_out(rearrange(attended, "b h n d -> b n (h d)"))
+        return tokens_linear(rearrange(attended, "b h n d -> b n (h d)"), self.proj_out.weight, self.proj_out.bias)
 
 
 class TextAttentionBlock(nn.Module):
