@@ -97,7 +97,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .training import export_weights
 
-    export_weights(args.checkpoint, args.out, use_ema=not args.raw)
+    export_weights(args.checkpoint, args.out, use_ema=not args.raw, dtype=getattr(torch, args.dtype))
     print(args.out)
     return 0
 
@@ -106,8 +106,11 @@ def cmd_eval_world(args: argparse.Namespace) -> int:
     from .conditioning import Guidance
     from .world_eval import DEFAULT_GUIDANCE, evaluate_reference, evaluate_world_model, format_summary
 
+    if args.codec_of and not args.reference:
+        raise ValueError("--codec-of goes with --reference (it judges the world's renders through a model's codec)")
     if args.reference:
-        report = evaluate_reference(args.prompts, args.out, limit=args.limit)
+        codec = _codec_config(args.codec_of) if args.codec_of else None
+        report = evaluate_reference(args.prompts, args.out, limit=args.limit, codec=codec)
     else:
         scales = {name: getattr(DEFAULT_GUIDANCE, name) if getattr(args, name) is None else getattr(args, name)
                   for name in ("video_cfg", "audio_cfg", "modality")}
@@ -117,6 +120,18 @@ def cmd_eval_world(args: argparse.Namespace) -> int:
     print(format_summary(report))
     print(Path(args.out) / "report.md")
     return 0
+
+
+def _codec_config(name_or_path: str):
+    """A model preset's name, or a checkpoint whose config (metadata) names the codec."""
+    from .models.mmdiffusion_config import PRESETS
+
+    if name_or_path in PRESETS:
+        return PRESETS[name_or_path]
+    if not Path(name_or_path).is_file():
+        raise FileNotFoundError(f"--codec-of {name_or_path!r}: neither a preset ({', '.join(PRESETS)}) nor a file")
+    _, metadata = checkpoint.read_state_dict(name_or_path)
+    return checkpoint.config_for(name_or_path, metadata)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--checkpoint", required=True, help="<out_dir>/checkpoint folder of a training run")
     ex.add_argument("--out", required=True, help="target .safetensors")
     ex.add_argument("--raw", action="store_true", help="export the raw weights instead of the EMA")
+    ex.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"),
+                    help="stored weight type (default float16: half the size; loading computes in float32)")
     ex.set_defaults(func=cmd_export)
 
     info = sub.add_parser("info", help="print a checkpoint's family, size and config")
@@ -162,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--model", help="text-conditioned world model (.safetensors, e.g. from export)")
     source.add_argument("--reference", action="store_true",
                         help="judge the world's own renders of the prompts instead (what perfect clips score)")
+    ev.add_argument("--codec-of", metavar="PRESET_OR_FILE",
+                    help="with --reference: pass each render through this model's codec first (e.g. 'world')")
     ev.add_argument("--prompts", default=None, help="prompts JSON (default: mmg_core/world/eval_prompts.json)")
     ev.add_argument("--out", required=True, help="output folder: clips/*.mp4, report.json, report.md")
     ev.add_argument("--steps", type=int, default=25)

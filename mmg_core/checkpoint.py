@@ -146,11 +146,23 @@ def load_model(
     return LoadedModel(model=model.to(device=device, dtype=dtype).eval(), config=config, family=FAMILY, path=str(path))
 
 
-def save_safetensors(model: MMDiffusionUNet, path: str | os.PathLike, extra_metadata: Mapping[str, str] | None = None) -> None:
-    """Write the pack's self-describing format (atomically: temp file, then rename)."""
+def save_safetensors(
+    model: MMDiffusionUNet, path: str | os.PathLike, extra_metadata: Mapping[str, str] | None = None,
+    dtype: torch.dtype | None = None,
+) -> None:
+    """Write the pack's self-describing format (atomically: temp file, then rename).
+
+    dtype: store floating-point weights in this type (e.g. float16 halves a shipped file; loading
+    copies them into the model's own dtype). None keeps the model's.
+    """
     metadata = {"mmg.family": FAMILY, "mmg.format_version": FORMAT_VERSION, "mmg.config": model.config.to_json()}
     metadata.update(extra_metadata or {})
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+
+    def stored(tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.detach().to("cpu")
+        return (tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor).contiguous()
+
+    tensors = {k: stored(v) for k, v in model.state_dict().items()}
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     try:

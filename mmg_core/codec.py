@@ -1,7 +1,8 @@
 """Exact, parameter-free transforms between media and the space an MM-Diffusion-family U-Net denoises.
 
 Video: p×p pixel blocks folded into channels (``video_patch``); p = 1 is the reference's raw pixels.
-Audio: the raw waveform (reference), or a magnitude-compressed complex STFT ("stft"): frame k covers
+Audio: the raw waveform (reference), a magnitude-compressed complex STFT ("stft"), or its compressed
+magnitude alone ("stft_mag", phase recovered by Griffin-Lim when decoding). STFT frame k covers
 samples [k·hop, (k+1)·hop), so 1.6 s at 16 kHz with hop 100 is 256 frames, 16 per video frame at
 10 fps, and an audio event and the video frame it belongs to sit at the same place in both streams.
 Compression |X|^c keeps quiet and loud partials in a similar numeric range (as in SGMSE); phase is
@@ -73,12 +74,42 @@ def decompress(spec: torch.Tensor, power: float, scale: float) -> torch.Tensor:
     return spec * (magnitude.clamp_min(EPS) ** (1 / power - 1))
 
 
+def griffin_lim(magnitude: torch.Tensor, n_fft: int, hop: int, length: int, iterations: int,
+                momentum: float = 0.99) -> torch.Tensor:
+    """(N, bins, frames) magnitude → (N, length) waveform whose STFT magnitude approximates it.
+
+    Fast Griffin-Lim (Perraudin et al. 2013): alternate projections between the set of spectrograms
+    with this magnitude and the set of consistent ones, with momentum. Starts from zero phase, so it is
+    deterministic and needs no random draw.
+    """
+    magnitude = magnitude.float()
+    spec = torch.complex(magnitude, torch.zeros_like(magnitude))
+    previous = torch.zeros_like(spec)
+    for _ in range(iterations):
+        wave = istft_frames(spec, n_fft, hop, length)
+        consistent = stft_frames(wave, n_fft, hop)
+        accelerated = consistent + (momentum / (1 + momentum)) * (consistent - previous)
+        previous = consistent
+        spec = magnitude * torch.exp(1j * torch.angle(accelerated))
+    return istft_frames(spec, n_fft, hop, length)
+
+
+def encode_magnitude(config: MMDiffusionConfig, magnitude: torch.Tensor) -> torch.Tensor:
+    return magnitude.clamp_min(0) ** config.stft_compression * config.stft_scale - 1
+
+
+def decode_magnitude(config: MMDiffusionConfig, latent: torch.Tensor) -> torch.Tensor:
+    return ((latent + 1) / config.stft_scale).clamp_min(0) ** (1 / config.stft_compression)
+
+
 def encode_audio(config: MMDiffusionConfig, wave: torch.Tensor) -> torch.Tensor:
     """(B, C, T) waveform → (B, C', L) model audio."""
     if config.audio_codec == "waveform":
         return wave
     b = wave.shape[0]
     spec = stft_frames(rearrange(wave, "b c t -> (b c) t"), config.stft_n_fft, config.stft_hop)
+    if config.audio_codec == "stft_mag":
+        return rearrange(encode_magnitude(config, spec.abs()), "(b c) f k -> b (c f) k", b=b).to(wave.dtype)
     spec = compress(spec, config.stft_compression, config.stft_scale)
     parts = torch.stack([spec.real, spec.imag])  # (2, B*C, bins, frames)
     return rearrange(parts, "ri (b c) f k -> b (ri c f) k", b=b).to(wave.dtype)
@@ -88,6 +119,10 @@ def decode_audio(config: MMDiffusionConfig, latent: torch.Tensor) -> torch.Tenso
     """(B, C', L) model audio → (B, C, T) waveform."""
     if config.audio_codec == "waveform":
         return latent
+    if config.audio_codec == "stft_mag":
+        magnitude = decode_magnitude(config, rearrange(latent.float(), "b (c f) k -> (b c) f k", c=config.audio_channels))
+        wave = griffin_lim(magnitude, config.stft_n_fft, config.stft_hop, config.audio_length, config.griffin_lim_iters)
+        return rearrange(wave, "(b c) t -> b c t", c=config.audio_channels)
     parts = rearrange(latent.float(), "b (ri c f) k -> ri (b c) f k", ri=2, c=config.audio_channels)
     spec = decompress(torch.complex(parts[0], parts[1]), config.stft_compression, config.stft_scale)
     wave = istft_frames(spec, config.stft_n_fft, config.stft_hop, config.audio_length)

@@ -67,6 +67,9 @@ class TrainConfig:
     checkpoint_minutes: float = 5.0
     time_limit_minutes: float | None = None  # stop (with a checkpoint) after this much wall time
     threads: int | None = None  # torch threads per process (None: torch's default)
+    # Processes that render clips and encode prompts ahead of the training step (0: in the training
+    # process). One worker hides most of that work (~20 % of a step on 2 cores) behind the step.
+    data_workers: int = 1
     world: dict = field(default_factory=dict)  # WorldConfig fields
 
     @classmethod
@@ -99,6 +102,8 @@ class TrainConfig:
             raise ValueError(f"loss_weighting must be 'none' or 'v', got {self.loss_weighting!r}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.data_workers < 0:
+            raise ValueError(f"data_workers must be >= 0, got {self.data_workers}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -154,8 +159,11 @@ def new_state(train: TrainConfig, config: MMDiffusionConfig) -> TrainState:
 
 
 # A checkpoint is a folder of files that each stay well under 50 MB, so a run can be committed and
-# resumed by the next session: weights and EMA as safetensors, Adam's moments in bfloat16 (resume
-# only needs them approximately), and the counters plus configs as JSON.
+# resumed by the next session. It is kept small because every committed copy counts against what a
+# session may submit: weights in float32 (exact resume), the EMA in float16 (it keeps averaging in
+# float32 after a resume; the rounding is far below what the average moves), and of Adam's state only
+# the second moments, in bfloat16. The first moments (momentum, beta1 = 0.9) rebuild within ~20 steps
+# of a resume, so they are not worth a third copy of the model. Counters and configs go in JSON.
 def save_checkpoint(state: TrainState, train: TrainConfig, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     moments, steps = _optimizer_tensors(state.optimizer)
@@ -165,7 +173,7 @@ def save_checkpoint(state: TrainState, train: TrainConfig, folder: Path) -> None
         "model_config": state.model.config.to_dict(), "train_config": asdict(train),
     }
     _atomic_save_file(_contiguous(state.model.state_dict()), folder / "model.safetensors")
-    _atomic_save_file(_contiguous(state.ema.state_dict()), folder / "ema.safetensors")
+    _atomic_save_file(_contiguous(state.ema.state_dict(), torch.float16), folder / "ema.safetensors")
     _atomic_save_file(moments, folder / "optimizer.safetensors")
     # state.json last: its step names a complete set of files.
     tmp = folder / ".state.json.tmp"
@@ -173,8 +181,12 @@ def save_checkpoint(state: TrainState, train: TrainConfig, folder: Path) -> None
     os.replace(tmp, folder / "state.json")
 
 
-def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+def _contiguous(tensors: dict[str, torch.Tensor], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    def stored(v: torch.Tensor) -> torch.Tensor:
+        v = v.detach().cpu()
+        return v.to(dtype) if dtype is not None and v.is_floating_point() else v
+
+    return {k: stored(v).contiguous() for k, v in tensors.items()}
 
 
 def _atomic_save_file(tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -186,8 +198,7 @@ def _atomic_save_file(tensors: dict[str, torch.Tensor], path: Path) -> None:
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     moments, steps = {}, {}
     for index, entry in optimizer.state_dict()["state"].items():
-        for name in ("exp_avg", "exp_avg_sq"):
-            moments[f"{index}.{name}"] = entry[name].to(torch.bfloat16).contiguous()
+        moments[f"{index}.exp_avg_sq"] = entry["exp_avg_sq"].to(torch.bfloat16).contiguous()
         steps[str(index)] = float(entry["step"])
     return moments, steps
 
@@ -200,14 +211,14 @@ def load_checkpoint(state: TrainState, folder: Path) -> None:
     state.model.load_state_dict(load_file(str(folder / "model.safetensors")))
     state.ema.load_state_dict(load_file(str(folder / "ema.safetensors")))
     moments = load_file(str(folder / "optimizer.safetensors"))
-    optimizer_state = {
-        int(index): {
-            "step": torch.tensor(steps),
-            "exp_avg": moments[f"{index}.exp_avg"].float(),
-            "exp_avg_sq": moments[f"{index}.exp_avg_sq"].float(),
+    optimizer_state = {}
+    for index, steps in meta["adam_steps"].items():
+        second = moments[f"{index}.exp_avg_sq"].float()
+        first = moments.get(f"{index}.exp_avg")  # present in checkpoints written before they were dropped
+        optimizer_state[int(index)] = {
+            "step": torch.tensor(steps), "exp_avg_sq": second,
+            "exp_avg": torch.zeros_like(second) if first is None else first.float(),
         }
-        for index, steps in meta["adam_steps"].items()
-    }
     groups = state.optimizer.state_dict()["param_groups"]
     for group, saved_group in zip(groups, meta["param_groups"]):
         group.update(saved_group)
@@ -242,6 +253,41 @@ def drop_prompts(captions: list[str], p: float, generator: torch.Generator) -> t
     video = [c if k else "" for c, k in zip(captions, keep[0].tolist())]
     audio = [c if k else "" for c, k in zip(captions, keep[1].tolist())]
     return video, audio
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Item s = everything step s needs from data on this process, so it can be prepared ahead:
+    (video (B, F, C, H, W), audio (B, 1, T), text rows of the video prompts, text rows of the audio
+    prompts), prompts after condition dropout. The dropout draw has its own per-(step, rank) generator,
+    so the batch is the same whether a worker or the training process makes it, and after a resume."""
+
+    def __init__(self, dataset: WorldDataset, train: TrainConfig, ctx: Dist, text_encoder):
+        self.dataset, self.train, self.ctx, self.text_encoder = dataset, train, ctx, text_encoder
+
+    def __len__(self) -> int:
+        return self.train.steps
+
+    def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, TextRows, TextRows]:
+        video, audio, captions = load_batch(self.dataset, batch_indices(step, self.train, self.ctx))
+        generator = torch.Generator().manual_seed(2 * step_seed(self.train.seed, step, self.ctx.rank) + 1)
+        video_prompts, audio_prompts = drop_prompts(captions, self.train.cond_dropout, generator)
+        encoded = self.text_encoder.encode(video_prompts + audio_prompts)
+        half = len(captions)
+        return video, audio, TextRows.of(encoded, 0, half), TextRows.of(encoded, half, 2 * half)
+
+
+def _single_thread_worker(_: int) -> None:
+    torch.set_num_threads(1)  # the training process keeps the cores; the worker fills their idle time
+
+
+def step_batches(dataset: WorldDataset, train: TrainConfig, ctx: Dist, text_encoder, first_step: int):
+    """Batches for steps first_step, first_step + 1, ... (prefetched by ``train.data_workers`` processes)."""
+    source = StepBatches(dataset, train, ctx, text_encoder)
+    return torch.utils.data.DataLoader(
+        source, batch_size=None, sampler=range(first_step, train.steps), num_workers=train.data_workers,
+        worker_init_fn=_single_thread_worker if train.data_workers else None,
+        prefetch_factor=2 if train.data_workers else None, persistent_workers=False,
+    )
 
 
 def training_loss(
@@ -363,17 +409,15 @@ def _run_loop(train_config, ctx, state, model, dataset, text_encoder, alphas, ou
     elapsed_at_start = state.elapsed_s
     bar = tqdm(total=train_config.steps, initial=state.step, desc="train", unit="step", disable=not ctx.is_main)
     log = LossLog(out / "loss.csv", train_config.batch_size * ctx.world_size)
+    batches = iter(step_batches(dataset, train_config, ctx, text_encoder, state.step))
     while state.step < train_config.steps and not stop.stop:
-        # One generator per (step, rank): resuming reproduces the same dropout, timesteps and noise.
-        generator = torch.Generator().manual_seed(step_seed(train_config.seed, state.step, ctx.rank))
+        # One generator per (step, rank): resuming reproduces the same timesteps and noise.
+        generator = torch.Generator().manual_seed(2 * step_seed(train_config.seed, state.step, ctx.rank))
         lr = learning_rate(train_config, state.step)
         for group in state.optimizer.param_groups:
             group["lr"] = lr
-        video, audio, captions = load_batch(dataset, batch_indices(state.step, train_config, ctx))
-        video_prompts, audio_prompts = drop_prompts(captions, train_config.cond_dropout, generator)
-        encoded = text_encoder.encode(video_prompts + audio_prompts)
-        half = len(captions)
-        text = text_context(TextRows.of(encoded, 0, half), TextRows.of(encoded, half, 2 * half))
+        video, audio, video_text, audio_text = next(batches)
+        text = text_context(video_text, audio_text)
         model.train()
         loss, loss_v, loss_a = training_loss(model, config, alphas, video, audio, text, generator,
                                              (train_config.video_loss_weight, train_config.audio_loss_weight),
@@ -435,8 +479,15 @@ def _save(out: Path, state: TrainState, train_config: TrainConfig, ctx: Dist) ->
     plot_losses(out / "loss.csv", out / "loss.png")
 
 
-def export_weights(checkpoint: str | os.PathLike, target: str | os.PathLike, use_ema: bool = True) -> MMDiffusionConfig:
-    """Write the (EMA) weights of a training checkpoint folder as the pack's self-describing safetensors."""
+def export_weights(
+    checkpoint: str | os.PathLike, target: str | os.PathLike, use_ema: bool = True,
+    dtype: torch.dtype = torch.float16,
+) -> MMDiffusionConfig:
+    """Write the (EMA) weights of a training checkpoint folder as the pack's self-describing safetensors.
+
+    Stored as float16 by default: half the size to ship, and inference runs in float32 after loading
+    (the rounding moves sampled clips by far less than a seed does).
+    """
     from .checkpoint import save_safetensors
 
     folder = Path(checkpoint)
@@ -447,8 +498,8 @@ def export_weights(checkpoint: str | os.PathLike, target: str | os.PathLike, use
     provenance = {
         "steps": int(meta["step"]), "wall_time_s": round(float(meta["elapsed_s"]), 1),
         "weights": "ema" if use_ema else "raw", "batch_size_per_process": meta["train_config"]["batch_size"],
-        "exported_on": platform.platform(), "torch": torch.__version__,
+        "exported_on": platform.platform(), "torch": torch.__version__, "stored_dtype": str(dtype).removeprefix("torch."),
     }
     save_safetensors(model, target, {"mmg.training": json.dumps(provenance),
-                                     "mmg.train_config": json.dumps(meta["train_config"])})
+                                     "mmg.train_config": json.dumps(meta["train_config"])}, dtype=dtype)
     return config

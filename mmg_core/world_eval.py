@@ -21,7 +21,8 @@ A clip whose measurement is undefined (no onsets, no visual event, no bar) fails
 
 Two media sources share one path (``evaluate_items``): generated clips (``evaluate_world_model``)
 and the world's own renders of each prompt's attributes (``evaluate_reference``), which show what
-the analysis reads from perfect clips after the same MP4 round trip.
+the analysis reads from perfect clips after the same MP4 round trip; optionally passed through a
+model's codec first (``codec=``), which shows what a perfect model with that codec could score.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from tqdm import tqdm
 
 from . import checkpoint, media
 from .av import AV
+from .codec import encode_media
 from .conditioning import Conditioning, Guidance, concat_contexts, encode_prompts
 from .pipeline import GenerationSettings, decode, generate, initial_noise
 from .world import analysis
@@ -425,7 +427,10 @@ _CRITERIA_ROWS = (
 
 
 def _settings_line(settings: dict) -> str:
-    if settings.get("source") == "reference":
+    if settings.get("source") == "reference" and settings.get("codec"):
+        source = (f"the world's own renders of each prompt passed through the codec ({settings['codec']}): "
+                  "what a perfect model with this codec would score")
+    elif settings.get("source") == "reference":
         source = "the world's own renders of each prompt (reference: what the analysis reads from perfect clips)"
     else:
         g = settings["guidance"]
@@ -576,17 +581,41 @@ def reference_media(item: EvalPrompt) -> media.MediaClip:
                            sample_rate=DEFAULT_CONFIG.sample_rate, metadata={})
 
 
+def through_codec(clip: media.MediaClip, config) -> media.MediaClip:
+    """A clip encoded into a model's space and decoded again (its codec's loss, nothing else)."""
+    video = torch.from_numpy(clip.frames).permute(0, 3, 1, 2).float()[None] / 127.5 - 1  # (1, F, C, H, W)
+    audio = torch.from_numpy(np.ascontiguousarray(clip.audio)).float()[None]  # (1, C, T)
+    decoded = decode(encode_media(config, video, audio), config)
+    frames = (decoded.frames[0] * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+    return replace(clip, frames=frames, audio=decoded.audio[0].numpy())
+
+
 def evaluate_reference(
     prompts_path: str | os.PathLike | None,
     out_dir: str | os.PathLike,
     *,
     limit: int | None = None,
+    codec=None,
     progress: bool = True,
 ) -> dict:
-    """Evaluate the world's renders of the prompts through the same MP4 path: the analysis's ceiling."""
+    """Evaluate the world's renders of the prompts through the same MP4 path: the analysis's ceiling.
+
+    codec: a model config (MMDiffusionConfig) whose codec each render passes through first.
+    """
     items = _select(load_eval_prompts(prompts_path), limit)
     settings = {"source": "reference", "prompts": _display_path(prompts_path)}
-    return evaluate_items(items, map(reference_media, items), out_dir, settings, progress=progress)
+    clips = map(reference_media, items)
+    if codec is not None:
+        check_world_model(codec)
+        settings["codec"] = _codec_summary(codec)
+        clips = (through_codec(clip, codec) for clip in clips)
+    return evaluate_items(items, clips, out_dir, settings, progress=progress)
+
+
+def _codec_summary(config) -> str:
+    audio = "raw waveform" if config.audio_codec == "waveform" else (
+        f"{config.audio_codec} (n_fft {config.stft_n_fft}, hop {config.stft_hop})")
+    return f"video {config.video_patch}x{config.video_patch} patches, audio {audio}"
 
 
 def _display_path(prompts_path: str | os.PathLike | None) -> str:

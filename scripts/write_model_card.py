@@ -2,8 +2,9 @@
 
     python scripts/write_model_card.py [--eval-report DIR/report.json]
 
-Reads the training checkpoint's state.json and loss.csv (training/world_model/), the shipped file's
-metadata, and optionally an ``eval-world`` report, so every figure in the card comes from a command.
+Reads the training run named by training/world_model.json (its checkpoint's state.json and loss.csv),
+the shipped file's metadata, and optionally ``eval-world`` reports (the model's, and the codec ceiling
+from ``eval-world --reference --codec-of``), so every figure in the card comes from a command.
 """
 
 from __future__ import annotations
@@ -20,12 +21,15 @@ sys.path.insert(0, str(ROOT))
 
 from mmg_core.checkpoint import read_state_dict  # noqa: E402
 
-RUN = ROOT / "training" / "world_model"
+TRAIN_CONFIG = ROOT / "training" / "world_model.json"
+RUN = TRAIN_CONFIG.parent / json.loads(TRAIN_CONFIG.read_text())["out_dir"]
+RUN_NAME = RUN.relative_to(ROOT).as_posix()
 MODEL = ROOT / "models" / "mmg-world-v1.safetensors"
 CARD = ROOT / "models" / "MODEL_CARD.md"
 TRAIN_COMMAND = "python -m mmg_core train --config training/world_model.json"
-EXPORT_COMMAND = "python -m mmg_core export --checkpoint training/world_model/checkpoint --out models/mmg-world-v1.safetensors"
+EXPORT_COMMAND = f"python -m mmg_core export --checkpoint {RUN_NAME}/checkpoint --out models/mmg-world-v1.safetensors"
 EVAL_COMMAND = "python -m mmg_core eval-world --model models/mmg-world-v1.safetensors --out eval/world_model"
+CODEC_COMMAND = "python -m mmg_core eval-world --reference --codec-of world --out eval/world_codec"
 
 
 def _last_loss() -> dict:
@@ -44,7 +48,28 @@ def _evaluation_section(report_path: Path | None) -> str:
     return f"Command: `{EVAL_COMMAND}`\n\n{body}"
 
 
-def write_card(report_path: Path | None) -> str:
+def _audio_codec_text(config: dict) -> str:
+    frames_per_video_frame = config["sample_rate"] / config["fps"] / config["stft_hop"]
+    grid = (f"n_fft {config['stft_n_fft']}, hop {config['stft_hop']} = {frames_per_video_frame:g} audio frames per "
+            "video frame")
+    if config["audio_codec"] == "stft_mag":
+        return (f"the compressed STFT magnitude (|X|^{config['stft_compression']}, {grid}; phase recovered by "
+                f"{config['griffin_lim_iters']} Griffin-Lim iterations when decoding)")
+    if config["audio_codec"] == "stft":
+        return f"magnitude-compressed complex STFT ({grid})"
+    return "the raw waveform"
+
+
+def _codec_section(report_path: Path | None) -> list[str]:
+    if report_path is None or not report_path.exists():
+        return []
+    criteria = json.loads(report_path.read_text())["criteria"]
+    figures = ", ".join(f"{name.replace('_', ' ')} {100 * c['value']:.0f} %" for name, c in criteria.items())
+    return ["", f"Codec ceiling: the world's own renders of the 64 evaluation prompts, passed through this codec and "
+                f"judged like generated clips (`{CODEC_COMMAND}`): {figures}."]
+
+
+def write_card(report_path: Path | None, codec_report: Path | None = None) -> str:
     state = json.loads((RUN / "checkpoint" / "state.json").read_text())
     _, metadata = read_state_dict(MODEL)
     exported = json.loads(metadata.get("mmg.training", "{}"))
@@ -64,10 +89,12 @@ def write_card(report_path: Path | None) -> str:
         f"- File: `models/{MODEL.name}` ({size_mb:.1f} MB, safetensors, config in the metadata), EMA weights.",
         f"- Output: 16 frames 64×64 at 10 fps + 1.6 s of 16 kHz mono audio.",
         f"- Architecture: coupled video/audio U-Net (widths {config['model_channels']}×{config['channel_mult']}),",
-        "  4×4 pixel patches for video, magnitude-compressed complex STFT (n_fft 400, hop 100 = 16 audio frames per",
-        "  video frame) for audio, unshifted RS-MMA windows centred on each frame, cross-attention to",
-        "  all-MiniLM-L6-v2 token states of separate video and audio prompts; classifier-free guidance per",
+        f"  {config['video_patch']}×{config['video_patch']} pixel patches for video, {_audio_codec_text(config)} for",
+        f"  audio, {config['prediction_type']} output, unshifted RS-MMA windows centred on each frame, cross-attention",
+        "  to all-MiniLM-L6-v2 token states of separate video and audio prompts; classifier-free guidance per",
         "  modality and modality guidance at sampling time.",
+        f"- Stored weights: {exported.get('stored_dtype', 'float32')} (computed in float32 after loading).",
+        *_codec_section(codec_report),
         "",
         "## Data",
         "Procedurally generated on the fly (deterministic by index), never stored: `WorldDataset(split=\"train\")`.",
@@ -76,7 +103,7 @@ def write_card(report_path: Path | None) -> str:
         f"{train['cond_dropout']}.",
         "",
         "## Training",
-        f"- Command: `{TRAIN_COMMAND}` (resumes from `training/world_model/checkpoint` when present), then",
+        f"- Command: `{TRAIN_COMMAND}` (resumes from `{RUN_NAME}/checkpoint` when present), then",
         f"  `{EXPORT_COMMAND}`.",
         f"- Steps: {state['step']} of batch {train['batch_size']} ({state['step'] * train['batch_size']} clips); "
         f"wall time {state['elapsed_s'] / 3600:.2f} h.",
@@ -86,7 +113,7 @@ def write_card(report_path: Path | None) -> str:
         f"grad clip {train['grad_clip']}.",
         f"- Loss over the last logged steps: total {loss['loss']:.4f} (video {loss['loss_video']:.4f}, "
         f"audio {loss['loss_audio']:.4f}); throughput {loss['clips_per_s']:.2f} clips/s. Curve: "
-        "`training/world_model/loss.png`, data: `loss.csv`.",
+        f"`{RUN_NAME}/loss.png`, data: `loss.csv`, log: `train.log`.",
         "",
         "## Evaluation (64 held-out prompts: unseen attribute combinations and unseen paraphrases)",
         _evaluation_section(report_path),
@@ -103,8 +130,9 @@ def write_card(report_path: Path | None) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--eval-report", type=Path, help="report.json of `python -m mmg_core eval-world`")
+    parser.add_argument("--codec-report", type=Path, help="report.json of `eval-world --reference --codec-of world`")
     args = parser.parse_args()
-    write_card(args.eval_report)
+    write_card(args.eval_report, args.codec_report)
     print(CARD)
 
 

@@ -1,0 +1,210 @@
+"""Guided joint DDIM for MMG: audio and video denoised together, each with its own schedule and CFG.
+
+Follows the reference inference (``chaksseu/MMG_AV`` @ 6a67cf3, ``MMG_multi_gpu_inference_mmg_0606.py``,
+``run_inference``):
+  * every step evaluates the coupled model twice, on the conditional and on the unconditional
+    prompts of *both* modalities (the CMTs couple the two passes' streams, so the unconditional
+    audio depends on the unconditional video and vice versa); here both passes run as one batch;
+  * guidance per modality: ``eps = eps_u + s · (eps_c − eps_u)`` (audio 7.5, video 12);
+  * audio: diffusers ``DDIMScheduler`` with Auffusion's scheduler config, eta 0;
+  * video: lvdm's DDIM (Song et al. 2021, eq. 12, eta 0) with VideoCrafter2's ``scale_arr``: the x0
+    prediction is divided by the signal scale of step t and multiplied by that of the previous step.
+Both streams are deterministic (eta 0): the only randomness is the initial noise, which the caller
+draws with its own generator.
+
+Layouts: audio latents (b, 4, mel, time), video latents (b, 4, frames, h, w).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from diffusers import DDIMScheduler
+
+from .models.mmg_coupled import MMG_FPS
+
+# Auffusion's scheduler/scheduler_config.json (Stable Diffusion 1.5's).
+AUFFUSION_SCHEDULER_CONFIG = {
+    "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+    "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1, "prediction_type": "epsilon",
+    "timestep_spacing": "leading",
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Video: lvdm DDIM with scale_arr
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LvdmDDIMPlan:
+    """Per-step coefficients; index i is the i-th timestep in ascending order (lvdm's indexing)."""
+
+    timesteps: torch.Tensor  # (steps,) int64, ascending
+    alphas: torch.Tensor  # ᾱ at each timestep (float32)
+    alphas_prev: torch.Tensor  # ᾱ at the previous (smaller) timestep; ᾱ_0 for the first
+    scale: torch.Tensor  # scale_arr at each timestep
+    scale_prev: torch.Tensor
+
+
+@dataclass(frozen=True)
+class LvdmSchedule:
+    """VideoCrafter2's noise schedule (``configs/inference_t2v_512_v2.0.yaml``, ``lvdm/models/ddpm3d.py``).
+
+    ``scale_arr`` runs linearly from ``scale_a`` to ``scale_b`` over the first ``mid_step`` timesteps and
+    stays at ``scale_b`` after: VideoCrafter2 trains on latents scaled by it (``use_scale``)."""
+
+    num_train_timesteps: int = 1000
+    linear_start: float = 0.00085
+    linear_end: float = 0.012
+    use_scale: bool = True
+    scale_a: float = 1.0
+    scale_b: float = 0.7
+    mid_step: int = 400
+
+    def alphas_cumprod(self) -> torch.Tensor:
+        """(T,) float32; betas are lvdm's "linear" schedule: linspace of √β, squared (in float64)."""
+        betas = torch.linspace(self.linear_start**0.5, self.linear_end**0.5, self.num_train_timesteps,
+                               dtype=torch.float64) ** 2
+        return torch.cumprod(1.0 - betas, dim=0).float()
+
+    def scale_arr(self) -> torch.Tensor:
+        """(T,) float32 signal scale per timestep (all ones without ``use_scale``)."""
+        if not self.use_scale:
+            return torch.ones(self.num_train_timesteps)
+        ramp = torch.linspace(self.scale_a, self.scale_b, self.mid_step, dtype=torch.float64)
+        tail = torch.full((max(self.num_train_timesteps - self.mid_step, 0),), self.scale_b, dtype=torch.float64)
+        return torch.cat([ramp, tail])[: self.num_train_timesteps].float()
+
+    def ddim(self, steps: int) -> LvdmDDIMPlan:
+        """lvdm's "uniform" DDIM timesteps ``c·i + 1`` (c = T // steps), i < steps.
+
+        lvdm itself lists ``range(0, T, c)``, one entry more than ``steps`` when c does not divide T;
+        the reference then zips it with the audio's ``steps`` timesteps and never takes the final
+        step. Taking the first ``steps`` entries keeps both streams on the same timesteps."""
+        if not 1 <= steps <= self.num_train_timesteps:
+            raise ValueError(f"steps must be between 1 and {self.num_train_timesteps}, got {steps}")
+        c = self.num_train_timesteps // steps
+        timesteps = torch.arange(steps, dtype=torch.int64) * c + 1
+        previous = torch.cat([torch.zeros(1, dtype=torch.int64), timesteps[:-1]])
+        alphas, scale = self.alphas_cumprod(), self.scale_arr()
+        return LvdmDDIMPlan(timesteps, alphas[timesteps], alphas[previous], scale[timesteps], scale[previous])
+
+
+VIDEOCRAFTER2_SCHEDULE = LvdmSchedule()
+
+
+def lvdm_ddim_step(x: torch.Tensor, eps: torch.Tensor, plan: LvdmDDIMPlan, index: int) -> torch.Tensor:
+    """One eta=0 DDIM step from ``plan.timesteps[index]`` to the previous timestep. x, eps (b, c, f, h, w)."""
+    a_t, a_prev = plan.alphas[index].item(), plan.alphas_prev[index].item()
+    x0 = (x - (1.0 - a_t) ** 0.5 * eps) / a_t**0.5
+    x0 = x0 / plan.scale[index].item()  # back to unscaled latents, then to the previous step's scale
+    return a_prev**0.5 * plan.scale_prev[index].item() * x0 + (1.0 - a_prev) ** 0.5 * eps
+
+
+# ----------------------------------------------------------------------------------------------
+# Guidance
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MMGConditions:
+    """Prompt states for both modalities (batch b).
+
+    ``audio_negative`` None means zeros, the reference's unconditional audio input. ``video_negative``
+    is the empty prompt's OpenCLIP states (VideoCrafter2's ``uncond_type: empty_seq``); it is needed
+    whenever any guidance scale differs from 1. ``fps`` conditions the video U-Net (the reference
+    inference passes ``int(12.5) = 12``)."""
+
+    audio_text: torch.Tensor  # (b, L, D_audio)
+    video_text: torch.Tensor  # (b, L, D_video)
+    audio_negative: torch.Tensor | None = None
+    video_negative: torch.Tensor | None = None
+    fps: float | torch.Tensor = MMG_FPS
+
+
+@dataclass(frozen=True)
+class GuidedEps:
+    """Epsilon of one step: guided, conditional and unconditional (None when no guidance ran)."""
+
+    audio: torch.Tensor
+    video: torch.Tensor
+    audio_cond: torch.Tensor
+    video_cond: torch.Tensor
+    audio_uncond: torch.Tensor | None = None
+    video_uncond: torch.Tensor | None = None
+
+
+def _guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    return cond if scale == 1.0 else uncond + scale * (cond - uncond)
+
+
+def _batched(value, copies: int):
+    """Repeat a per-sample tensor along the batch; numbers and 0-d tensors pass through."""
+    return value.repeat(copies, *[1] * (value.dim() - 1)) if torch.is_tensor(value) and value.dim() else value
+
+
+def guided_eps(model, audio: torch.Tensor, video: torch.Tensor, audio_t, video_t: torch.Tensor,
+               conditions: MMGConditions, audio_guidance: float, video_guidance: float) -> GuidedEps:
+    """Classifier-free guidance per modality; the unconditional and conditional passes run as one batch."""
+    b = audio.shape[0]
+    if audio_guidance == 1.0 and video_guidance == 1.0:
+        a, v = model(audio, audio_t, conditions.audio_text, video, video_t, conditions.video_text, conditions.fps)
+        return GuidedEps(a, v, a, v)
+    if conditions.video_negative is None:
+        raise ValueError("guidance needs conditions.video_negative: the empty prompt's video text states")
+    audio_negative = conditions.audio_negative
+    if audio_negative is None:
+        audio_negative = torch.zeros_like(conditions.audio_text)
+    a, v = model(  # batch = [unconditional, conditional]
+        torch.cat([audio, audio]), audio_t, torch.cat([audio_negative, conditions.audio_text]),
+        torch.cat([video, video]), _batched(video_t, 2),
+        torch.cat([conditions.video_negative, conditions.video_text]), _batched(conditions.fps, 2),
+    )
+    (a_u, a_c), (v_u, v_c) = a.split(b), v.split(b)
+    return GuidedEps(_guide(a_c, a_u, audio_guidance), _guide(v_c, v_u, video_guidance), a_c, v_c, a_u, v_u)
+
+
+# ----------------------------------------------------------------------------------------------
+# The sampler
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MMGStep:
+    """What the per-step callback receives, after the step. Read the tensors, don't modify them."""
+
+    step: int
+    total_steps: int
+    audio_t: int
+    video_t: int
+    audio_latents: torch.Tensor
+    video_latents: torch.Tensor
+    eps: GuidedEps
+
+
+def sample_mmg_ddim(
+    model,
+    audio_noise: torch.Tensor,
+    video_noise: torch.Tensor,
+    conditions: MMGConditions,
+    *,
+    steps: int = 25,
+    audio_guidance: float = 7.5,
+    video_guidance: float = 12.0,
+    video_schedule: LvdmSchedule = VIDEOCRAFTER2_SCHEDULE,
+    audio_scheduler_config: dict | None = None,
+    callback: Callable[[MMGStep], None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Joint DDIM (eta 0) from noise. audio_noise (b, 4, mel, time), video_noise (b, 4, f, h, w) ->
+    (audio latents, video latents). ``model`` is an ``MMGCoupledUNet`` (or any callable with its signature)."""
+    scheduler = DDIMScheduler.from_config(audio_scheduler_config or AUFFUSION_SCHEDULER_CONFIG)  # fresh per run
+    scheduler.set_timesteps(steps, device=audio_noise.device)
+    plan = video_schedule.ddim(steps)
+    audio, video = audio_noise * scheduler.init_noise_sigma, video_noise
+    for step, audio_t in enumerate(scheduler.timesteps):
+        index = steps - 1 - step  # the video plan is ascending
+        video_t = torch.full((video.shape[0],), float(plan.timesteps[index]), device=video.device)
+        eps = guided_eps(model, scheduler.scale_model_input(audio, audio_t), video, audio_t, video_t,
+                         conditions, audio_guidance, video_guidance)
+        audio = scheduler.step(eps.audio, audio_t, audio, eta=0.0, return_dict=False)[0]
+        video = lvdm_ddim_step(video, eps.video, plan, index)
+        if callback is not None:
+            callback(MMGStep(step, steps, int(audio_t), int(plan.timesteps[index]), audio, video, eps))
+    return audio, video
