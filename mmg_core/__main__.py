@@ -1,6 +1,8 @@
-"""Command line: ``python -m mmg_core {generate,convert,info} ...``.
+"""Command line: ``python -m mmg_core {generate,convert,info,train,export,eval-world,evaluate} ...``.
 
-``generate`` runs the same pipeline as the shipped ComfyUI workflow, without ComfyUI.
+``generate`` runs the same pipeline as the shipped ComfyUI workflow, without ComfyUI; ``train`` trains a
+world model (or MMG's couplers, for an MMG config); ``eval-world`` judges a world model on held-out
+prompts; ``evaluate`` scores the audio-video sync of any clips (CAM-Sync, AV-Align).
 """
 
 from __future__ import annotations
@@ -87,6 +89,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .mmg_training import is_mmg_config, main_train
+
+    if is_mmg_config(args.config):  # "family": "mmg": couplers of the MMG model (mmg_core/mmg_training.py)
+        return main_train(args.config)
     from .training import TrainConfig, train
 
     state = train(TrainConfig.from_file(args.config))
@@ -192,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--modality", type=float, default=None, help="modality guidance (default 1, as the sampler node)")
     ev.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda if available)")
     ev.set_defaults(func=cmd_eval_world)
+    from .sync.evaluate import add_evaluate_command  # sync metrics: `evaluate FILE_OR_DIR... --json OUT`
+
+    add_evaluate_command(sub)
     return parser
 
 

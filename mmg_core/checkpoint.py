@@ -19,12 +19,11 @@ from typing import Any, Mapping
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from .compat.mmdiffusion import config_from_reference, config_to_reference
 from .models.mmdiffusion import MMDiffusionUNet
 from .models.mmdiffusion_config import PRESETS, MMDiffusionConfig
-from .weights import WeightsMismatchError, load_state_dict_strict
+from .weights import WeightsMismatchError, load_state_dict_strict, save_safetensors_atomic, stored_tensors
 
 FORMAT_VERSION = "1"
 SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -157,19 +156,7 @@ def save_safetensors(
     """
     metadata = {"mmg.family": FAMILY, "mmg.format_version": FORMAT_VERSION, "mmg.config": model.config.to_json()}
     metadata.update(extra_metadata or {})
-
-    def stored(tensor: torch.Tensor) -> torch.Tensor:
-        tensor = tensor.detach().to("cpu")
-        return (tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor).contiguous()
-
-    tensors = {k: stored(v) for k, v in model.state_dict().items()}
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    save_safetensors_atomic(stored_tensors(model.state_dict(), dtype), path, metadata)
 
 
 def convert(source: str | os.PathLike, target: str | os.PathLike) -> MMDiffusionConfig:

@@ -26,8 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm import tqdm
 
 from .codec import encode_media
@@ -37,9 +36,11 @@ from .models.mmdiffusion import MMDiffusionUNet
 from .models.mmdiffusion_config import PRESETS, MMDiffusionConfig
 from .plotting import line_plot
 from .world.config import WorldConfig
+from .weights import save_safetensors_atomic, stored_tensors
 from .world.dataset import WorldDataset
 
 CHECKPOINT_NAME = "checkpoint"  # a folder, see save_checkpoint
+LOSS_WEIGHTINGS = ("none", "v", "min_snr")
 CSV_FIELDS = ["step", "loss", "loss_video", "loss_audio", "lr", "elapsed_s", "clips_per_s"]
 
 
@@ -57,10 +58,16 @@ class TrainConfig:
     cond_dropout: float = 0.1
     video_loss_weight: float = 1.0
     audio_loss_weight: float = 1.0
-    # Per-clip weight of the epsilon loss over timesteps: "none" (plain MSE), or "v" = 1/ᾱ, which for a
-    # v-parameterised network equals the v loss (eps error = sqrt(ᾱ)·v error), so the high-noise steps
-    # that decide colour, scene and tempo are not drowned out.
+    # Per-clip weight of the epsilon loss over timesteps: "none" (plain MSE); "v" = 1/ᾱ, which equals the
+    # v loss (eps error = sqrt(ᾱ)·v error); or "min_snr" = min(1, γ/SNR), which equals the x0 loss
+    # weighted by min(SNR, γ) (Min-SNR-γ, Hang et al. 2023): the low-noise steps, where an x0 network
+    # only polishes detail, stop drowning out the high-noise steps that decide colour, scene and tempo.
     loss_weighting: str = "none"
+    min_snr_gamma: float = 5.0
+    # Start from the weights of another run (a checkpoint folder or an exported .safetensors) whose
+    # network has the same shapes, e.g. after changing only the output parameterisation; the optimiser
+    # starts fresh. Ignored when this run's own checkpoint exists (resuming wins).
+    init_from: str | None = None
     seed: int = 0
     data_seed: int = 0
     log_every: int = 10
@@ -82,8 +89,9 @@ class TrainConfig:
         if "out_dir" not in data:
             raise ValueError(f"{path}: 'out_dir' is required (where checkpoints and logs go)")
         base = Path(path).resolve().parent
-        if not os.path.isabs(data["out_dir"]):
-            data["out_dir"] = str(base / data["out_dir"])  # relative to the config file, not the cwd
+        for key in ("out_dir", "init_from"):  # paths are relative to the config file, not the cwd
+            if data.get(key) and not os.path.isabs(data[key]):
+                data[key] = str(base / data[key])
         return cls(**data)
 
     def model_config(self) -> MMDiffusionConfig:
@@ -98,8 +106,10 @@ class TrainConfig:
             raise ValueError("steps and batch_size must be >= 1")
         if not 0 <= self.cond_dropout < 1:
             raise ValueError(f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
-        if self.loss_weighting not in ("none", "v"):
-            raise ValueError(f"loss_weighting must be 'none' or 'v', got {self.loss_weighting!r}")
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {self.loss_weighting!r}")
+        if self.min_snr_gamma <= 0:
+            raise ValueError(f"min_snr_gamma must be > 0, got {self.min_snr_gamma}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.data_workers < 0:
@@ -182,17 +192,11 @@ def save_checkpoint(state: TrainState, train: TrainConfig, folder: Path) -> None
 
 
 def _contiguous(tensors: dict[str, torch.Tensor], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    def stored(v: torch.Tensor) -> torch.Tensor:
-        v = v.detach().cpu()
-        return v.to(dtype) if dtype is not None and v.is_floating_point() else v
-
-    return {k: stored(v).contiguous() for k, v in tensors.items()}
+    return stored_tensors(tensors, dtype)
 
 
 def _atomic_save_file(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)
+    save_safetensors_atomic(tensors, path)
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
@@ -225,6 +229,21 @@ def load_checkpoint(state: TrainState, folder: Path) -> None:
     state.optimizer.load_state_dict({"state": optimizer_state, "param_groups": groups})
     state.step = int(meta["step"])
     state.elapsed_s = float(meta["elapsed_s"])
+
+
+def initialise_from(state: TrainState, source: Path) -> None:
+    """Weights (and EMA) of another run whose network has the same parameter shapes."""
+    if source.is_dir():
+        weights = load_file(str(source / "model.safetensors"))
+        ema_weights = load_file(str(source / "ema.safetensors"))
+    elif source.is_file():
+        weights = ema_weights = load_file(str(source))
+    else:
+        raise FileNotFoundError(f"init_from {source}: no such checkpoint folder or .safetensors file")
+    from .weights import load_state_dict_strict
+
+    load_state_dict_strict(state.model, weights, source=str(source))
+    load_state_dict_strict(state.ema, ema_weights, source=str(source))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -278,6 +297,10 @@ class StepBatches(torch.utils.data.Dataset):
 
 def _single_thread_worker(_: int) -> None:
     torch.set_num_threads(1)  # the training process keeps the cores; the worker fills their idle time
+    # A SIGTERM/Ctrl-C sent to the whole process group must reach only the training loop, which then
+    # writes its checkpoint; a worker dying first would abort the loop before it could.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def step_batches(dataset: WorldDataset, train: TrainConfig, ctx: Dist, text_encoder, first_step: int):
@@ -293,6 +316,7 @@ def step_batches(dataset: WorldDataset, train: TrainConfig, ctx: Dist, text_enco
 def training_loss(
     model: torch.nn.Module, config: MMDiffusionConfig, schedule_alphas: torch.Tensor, video: torch.Tensor,
     audio: torch.Tensor, text, generator: torch.Generator, weights: tuple[float, float], loss_weighting: str = "none",
+    min_snr_gamma: float = 5.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Joint epsilon loss at one timestep per clip shared by both streams.
 
@@ -313,9 +337,19 @@ def training_loss(
     eps_a = eps_from_prediction(config.prediction_type, noisy_a, pred_a, alpha_bar)
     per_clip_v = (eps_v - noise_v).square().flatten(1).mean(1)
     per_clip_a = (eps_a - noise_a).square().flatten(1).mean(1)
-    w = (1 / a) if loss_weighting == "v" else torch.ones_like(a)
+    w = timestep_weights(a, loss_weighting, min_snr_gamma)
     loss_v, loss_a = (w * per_clip_v).mean(), (w * per_clip_a).mean()
     return weights[0] * loss_v + weights[1] * loss_a, loss_v.detach(), loss_a.detach()
+
+
+def timestep_weights(alpha_bar: torch.Tensor, loss_weighting: str, min_snr_gamma: float = 5.0) -> torch.Tensor:
+    """Weight of each clip's epsilon loss (see ``TrainConfig.loss_weighting``); alpha_bar (B,) float."""
+    if loss_weighting == "v":
+        return 1 / alpha_bar
+    if loss_weighting == "min_snr":
+        snr = alpha_bar / (1 - alpha_bar)
+        return (min_snr_gamma / snr).clamp(max=1.0)
+    return torch.ones_like(alpha_bar)
 
 
 @torch.no_grad()
@@ -385,6 +419,8 @@ def train(train_config: TrainConfig, text_encoder=None) -> TrainState:
     checkpoint = out / CHECKPOINT_NAME
     if (checkpoint / "state.json").exists():
         load_checkpoint(state, checkpoint)
+    elif train_config.init_from:
+        initialise_from(state, Path(train_config.init_from))
     if text_encoder is None:
         from .text import default_text_encoder
 
@@ -421,7 +457,7 @@ def _run_loop(train_config, ctx, state, model, dataset, text_encoder, alphas, ou
         model.train()
         loss, loss_v, loss_a = training_loss(model, config, alphas, video, audio, text, generator,
                                              (train_config.video_loss_weight, train_config.audio_loss_weight),
-                                             train_config.loss_weighting)
+                                             train_config.loss_weighting, train_config.min_snr_gamma)
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(state.model.parameters(), train_config.grad_clip)

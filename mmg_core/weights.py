@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Iterable, Mapping
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 
@@ -42,3 +45,27 @@ def load_state_dict_strict(
                 f"{source} key {key!r} has shape {tuple(value.shape)}, the model expects {tuple(expected[key].shape)}"
             )
     model.load_state_dict(incoming, strict=True)
+
+
+def stored_tensors(tensors: Mapping[str, torch.Tensor], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Detached, contiguous CPU copies for a file; floating-point ones cast to ``dtype`` if given."""
+
+    def stored(tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.detach().to("cpu")
+        return (tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor).contiguous()
+
+    return {key: stored(value) for key, value in tensors.items()}
+
+
+def save_safetensors_atomic(
+    tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Mapping[str, str] | None = None
+) -> None:
+    """Write a .safetensors file through a temporary file and a rename, so a crash or a full disk
+    never leaves a half-written file under the real name (a later resume or load would trust it)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        save_file(dict(tensors), str(tmp), metadata=dict(metadata) if metadata else None)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -60,6 +60,18 @@ def _audio_codec_text(config: dict) -> str:
     return "the raw waveform"
 
 
+def _initialisation_lines(train: dict) -> list[str]:
+    """Where the run's starting weights came from (``init_from``), with that phase's own record."""
+    if not train.get("init_from"):
+        return ["- Started from random weights."]
+    phase1 = RUN / "phase1_vpred_state.json"  # the state.json of the checkpoint the run started from
+    start = json.loads(phase1.read_text()) if phase1.exists() else None
+    record = (f" (that phase: {start['step']} steps of the same network with a v-prediction output, "
+              f"{start['elapsed_s'] / 3600:.2f} h; its loss log is `{RUN_NAME}/phase1_vpred_loss.csv`; its "
+              "samples kept most of the noise, see the preset's comment in mmdiffusion_config.py)") if start else ""
+    return [f"- Started from the weights of `{'/'.join(Path(train['init_from']).parts[-2:])}`{record}; the optimiser started fresh."]
+
+
 def _codec_section(report_path: Path | None) -> list[str]:
     if report_path is None or not report_path.exists():
         return []
@@ -87,7 +99,7 @@ def write_card(report_path: Path | None, codec_report: Path | None = None) -> st
         "",
         "## Model",
         f"- File: `models/{MODEL.name}` ({size_mb:.1f} MB, safetensors, config in the metadata), EMA weights.",
-        f"- Output: 16 frames 64×64 at 10 fps + 1.6 s of 16 kHz mono audio.",
+        "- Output: 16 frames 64×64 at 10 fps + 1.6 s of 16 kHz mono audio.",
         f"- Architecture: coupled video/audio U-Net (widths {config['model_channels']}×{config['channel_mult']}),",
         f"  {config['video_patch']}×{config['video_patch']} pixel patches for video, {_audio_codec_text(config)} for",
         f"  audio, {config['prediction_type']} output, unshifted RS-MMA windows centred on each frame, cross-attention",
@@ -106,7 +118,8 @@ def write_card(report_path: Path | None, codec_report: Path | None = None) -> st
         f"- Command: `{TRAIN_COMMAND}` (resumes from `{RUN_NAME}/checkpoint` when present), then",
         f"  `{EXPORT_COMMAND}`.",
         f"- Steps: {state['step']} of batch {train['batch_size']} ({state['step'] * train['batch_size']} clips); "
-        f"wall time {state['elapsed_s'] / 3600:.2f} h.",
+        f"wall time {state['elapsed_s'] / 3600:.2f} h; loss weighting `{train['loss_weighting']}`.",
+        *_initialisation_lines(train),
         f"- Hardware: 2-core x86-64 CPU (no GPU), {train.get('threads') or 'default'} torch thread(s) "
         f"per process; exported on {exported.get('exported_on', platform.platform())}.",
         f"- Optimiser: AdamW lr {train['lr']} (warm-up {train['warmup_steps']}), EMA {train['ema_decay']}, "

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import comfy_harness` in any import mode
 
@@ -31,3 +32,13 @@ def comfy_server(tmp_path_factory):
     """The session's ComfyUI server; its base dir (log, models, output) stays under pytest's tmp."""
     with ComfyServer(base_dir=tmp_path_factory.mktemp("comfyui")) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For modules of many small CPU tests (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``):
+    one thread is faster than two for tiny tensors and leaves the other core to the rest of the machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

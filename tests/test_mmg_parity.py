@@ -26,15 +26,7 @@ SAMPLER_TOL = dict(atol=1e-3, rtol=1e-3)
 CMT_POINTS = range(6)
 
 # diffusers 0.42 calls np.array() on a torch tensor in set_timesteps; harmless, and not ours.
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")]
 
 
 @pytest.fixture(scope="module")

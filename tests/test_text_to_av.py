@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from mmg_core import checkpoint, media
 from mmg_core.av import AV
@@ -217,6 +218,58 @@ def test_two_process_gloo_training(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     state = json.loads((tmp_path / "ddp" / "checkpoint" / "state.json").read_text())
     assert state["step"] == 2
+
+
+def test_sigterm_to_the_process_group_saves_a_checkpoint(tmp_path):
+    """A session ending sends SIGTERM to every process, data worker included: the run must still stop
+    cleanly with a checkpoint of the step it reached (the worker ignores the signal)."""
+    import signal
+    import time
+
+    config = tmp_path / "long.json"
+    settings = dataclasses.asdict(_train_config(tmp_path / "long", 10_000))
+    config.write_text(json.dumps({**settings, "threads": 1, "log_every": 1}))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "mmg_core", "train", "--config", str(config)], cwd=REPO,
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    loss_csv = tmp_path / "long" / "loss.csv"
+    deadline = time.monotonic() + 300
+    while not (loss_csv.exists() and len(loss_csv.read_text().splitlines()) >= 3) and time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGTERM)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-3000:]
+    state = json.loads((tmp_path / "long" / "checkpoint" / "state.json").read_text())
+    assert state["step"] >= 2 and "stopped at step" in stderr
+
+
+def test_min_snr_weights_cap_the_low_noise_steps():
+    from mmg_core.training import timestep_weights
+
+    alpha_bar = torch.tensor([0.999, 0.9, 5 / 6, 0.5, 0.01])
+    weights = timestep_weights(alpha_bar, "min_snr", 5.0)
+    snr = alpha_bar / (1 - alpha_bar)
+    torch.testing.assert_close(weights, torch.minimum(snr, torch.tensor(5.0)) / snr)
+    assert weights[0] < 0.01 and weights[2] == pytest.approx(1.0) and torch.all(weights[3:] == 1)
+    torch.testing.assert_close(timestep_weights(alpha_bar, "v"), 1 / alpha_bar)
+    with pytest.raises(ValueError, match="loss_weighting"):
+        TrainConfig(out_dir="x", loss_weighting="snr").validate()
+
+
+def test_init_from_starts_a_new_run_from_another_runs_weights(tmp_path, encoder):
+    train(_train_config(tmp_path / "first", 2), text_encoder=encoder)
+    source = load_file(str(tmp_path / "first" / "checkpoint" / "model.safetensors"))
+    config = dataclasses.replace(_train_config(tmp_path / "second", 1), lr=0.0,
+                                 init_from=str(tmp_path / "first" / "checkpoint"))
+    state = train(config, text_encoder=encoder)
+    assert state.step == 1
+    for key, value in state.model.state_dict().items():
+        torch.testing.assert_close(value, source[key])  # lr 0: the step left the initial weights as they were
+    with pytest.raises(FileNotFoundError, match="init_from"):
+        train(dataclasses.replace(_train_config(tmp_path / "third", 1), init_from=str(tmp_path / "nowhere")),
+              text_encoder=encoder)
 
 
 def test_cli_generate_with_prompt(tmp_path):
