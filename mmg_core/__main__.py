@@ -1,4 +1,4 @@
-"""Command line: ``python -m mmg_core {generate,convert,info,train,export,eval-world,evaluate} ...``.
+"""Command line: ``python -m mmg_core {generate,convert,info,train,export,eval-world,evaluate,calibrate-sync} ...``.
 
 ``generate`` runs the same pipeline as the shipped ComfyUI workflow, without ComfyUI; ``train`` trains a
 world model (or MMG's couplers, for an MMG config); ``eval-world`` judges a world model on held-out
@@ -201,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .sync.evaluate import add_evaluate_command  # sync metrics: `evaluate FILE_OR_DIR... --json OUT`
 
     add_evaluate_command(sub)
+    from .sync.calibration import add_calibrate_command  # `calibrate-sync`: CAM-Sync against known shifts
+
+    add_calibrate_command(sub)
     return parser
 
 

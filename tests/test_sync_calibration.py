@@ -1,0 +1,135 @@
+"""mmg_core.sync.calibration: the shifted-audio calibration of CAM-Sync and its baselines, shot-cut
+holding in VideoCAM's motion, and the ``calibrate-sync`` command on the synthetic world."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mmg_core.__main__ import main
+from mmg_core.sync import SyncModels, load_frame_classifier
+from mmg_core.sync.backbones import DEFAULT_AUDIO_CLASSIFIER
+from mmg_core.sync.calibration import (
+    Film, av_align_offset, segment_starts, summarise_real, summarise_synthetic, synthetic_calibration, verdicts,
+)
+from mmg_core.sync.gradcam import motion_maps, shot_cuts
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_av_align_offset_finds_a_known_lag():
+    fps, peaks = 24.0, [10, 31, 55, 80, 101]
+    late = [p / fps + 0.25 for p in peaks]  # every sound 6 frames after its motion peak
+    assert av_align_offset(late, peaks, fps, duration_s=5.0) == pytest.approx(0.25)
+    assert av_align_offset([p / fps for p in peaks], peaks, fps, duration_s=5.0) == 0.0
+    assert math.isnan(av_align_offset([], peaks, fps, duration_s=5.0))
+
+
+def test_av_align_offset_gains_nothing_by_pushing_sound_out_of_the_clip():
+    fps, peaks = 10.0, [5, 12, 20]
+    onsets = [p / fps for p in peaks] + [3.95]  # one onset no picture event explains, near the end
+    assert av_align_offset(onsets, peaks, fps, duration_s=4.0) == 0.0
+
+
+def film_with_ramp(seconds: float = 10.0, rate: int = 100) -> Film:
+    """A Film whose soundtrack sample n holds n (frames are never decoded here)."""
+    return Film(path=None, fps=25.0, duration_s=seconds, sample_rate=rate,
+                audio=np.arange(seconds * rate, dtype=np.float32), audio_start_s=0.0, video_start_s=0.0)
+
+
+def test_film_audio_window_delays_by_reading_earlier_and_pads_past_the_ends():
+    film = film_with_ramp()
+    window = film.audio_window(2.0, 1.0, delay_s=0.3)[0]  # heard at 2.0 s: what the film had at 1.7 s
+    assert window.shape == (100,) and window[0] == 170 and window[-1] == 269
+    assert torch.all(film.audio_window(0.1, 1.0, delay_s=0.5)[0][:40] == 0)  # before the film: silence
+    assert film.audio_window(0.1, 1.0, delay_s=0.5)[0][40] == 0
+    assert film.audio_window(0.1, 1.0, delay_s=0.5)[0][41] == 1
+    assert torch.all(film.audio_window(9.5, 1.0, delay_s=-0.2)[0][30:] == 0)  # past the end: silence
+
+
+def test_segments_spread_evenly_on_frame_boundaries():
+    film = film_with_ramp(seconds=600.0)
+    starts = segment_starts(film, 20, 8.0)
+    assert len(starts) == 20 and starts[0] == 5.0 and starts[-1] <= 600.0 - 8.0 - 5.0
+    gaps = np.diff(starts)
+    assert gaps.max() - gaps.min() <= 1.0 / film.fps + 1e-9
+    assert all(abs(s * film.fps - round(s * film.fps)) < 1e-9 for s in starts)
+    with pytest.raises(ValueError, match="cannot fit"):
+        segment_starts(film_with_ramp(seconds=15.0), 3, 8.0)
+
+
+def test_shot_cut_is_held_not_counted_as_motion():
+    video = torch.full((12, 3, 32, 32), -0.8)
+    video[:, :, 10:14, :] = 0.8  # a bright bar ...
+    for frame in range(12):
+        video[frame, :, 10:14, :] = -0.8
+        video[frame, :, 10:14, 2 * frame: 2 * frame + 6] = 0.8  # ... whose lit part slides right
+    video[7:] = torch.flip(video[7:], dims=(2,)) * -1  # frame 7 starts a new shot (inverted, mirrored)
+    raw = motion_maps(video).mean((1, 2))
+    held = motion_maps(video, hold_cuts=True).mean((1, 2))
+    assert shot_cuts(raw).nonzero().flatten().tolist() == [7]
+    assert raw[7] > 10 * raw[6] and held[7] == pytest.approx(float(held[6]))
+    assert torch.equal(held[:7], raw[:7]) and torch.equal(held[8:], raw[8:])
+
+
+def fake_real_segments(offsets0: list[float], rolls=(-0.4, 0.4), error: float = 0.0) -> list[dict]:
+    def result(value):
+        return {m: {"offset_s": value, "score_at_0": 0.5, "reason": None} for m in ("cam_sync", "av_align", "onset_sync")}
+
+    segments = []
+    for offset in offsets0:
+        entry = {"0": result(offset)}
+        for roll in rolls:
+            entry[f"{roll:g}"] = result(offset + roll + error if math.isfinite(offset) else math.nan)
+        segments.append({"start_s": 0.0, "offsets": entry})
+    return segments
+
+
+def test_real_summary_counts_tracked_rolls_and_unsynchronizable_segments():
+    summary = summarise_real(fake_real_segments([0.0, 0.05, math.nan, 1.2]))["cam_sync"]
+    assert summary["tracked"] == 1.0 and summary["rolls_judged"] == 6
+    assert summary["tracked_of_all_rolls"] == 0.75 and summary["unsynchronizable"] == 0.25
+    assert summary["zero_within_0.1s"] == 0.5
+    off = summarise_real(fake_real_segments([0.0, 0.1], error=0.09))["cam_sync"]
+    assert off["tracked"] == 0.0  # 0.09 s off the roll is more than the 0.08 s tolerance
+
+
+def test_synthetic_summary_and_verdicts():
+    clips = [{"offsets": {"0.1": {m: {"offset_s": 0.1 + e} for m in ("cam_sync", "av_align", "onset_sync")}}}
+             for e in (0.0, 0.05, 0.2)]
+    summary = summarise_synthetic(clips, {m: (9, 10) for m in ("cam_sync", "av_align", "onset_sync")}, fps=10)
+    assert summary["cam_sync"]["offset_within_1_frame"] == pytest.approx(2 / 3, abs=1e-3)
+    assert summary["cam_sync"]["true_beats_shuffled"] == 0.9
+    checks = verdicts({"synthetic": {"summary": summary}})
+    assert checks == {"synthetic offset within 1 frame >= 90 %": False, "synthetic true beats shuffled >= 90 %": True}
+
+
+@pytest.mark.skipif(not DEFAULT_AUDIO_CLASSIFIER.is_file(), reason="the shipped audio classifier is not trained yet")
+@pytest.mark.xfail(strict=True, reason=(
+    "issue 4 is open: on slow ball scenes the motion energy rises while the ball falls, ~0.3 s before the "
+    "bounce is heard, so CAM-Sync reads the audio as late (eval/sync_calibration/report.md)"))
+def test_shipped_classifier_tracks_synthetic_shifts():
+    """Truth known: a few world clips per event scene, audio shifted by 1-5 frames either way."""
+    from mmg_core.sync import load_audio_classifier
+
+    models = SyncModels(frames=load_frame_classifier(), audio=load_audio_classifier())
+    report = synthetic_calibration(models, clips_per_scene=3, seed=1, progress=False)
+    cam = report["summary"]["cam_sync"]
+    assert cam["offset_within_1_frame"] >= 0.9 and cam["true_beats_shuffled"] >= 0.9
+
+
+def test_calibrate_command_writes_both_reports(tmp_path, capsys):
+    assert main(["calibrate-sync", "--skip-synthetic", "--out", str(tmp_path)]) == 2
+    assert "nothing to do" in capsys.readouterr().err
+    assert main(["calibrate-sync", "--film", str(tmp_path / "missing.mp4"), "--out", str(tmp_path)]) == 2
+    assert "get_big_buck_bunny" in capsys.readouterr().err
+    if not DEFAULT_AUDIO_CLASSIFIER.is_file():
+        pytest.skip("the shipped audio classifier is not trained yet")
+    assert main(["calibrate-sync", "--out", str(tmp_path), "--synthetic-clips", "1"]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert set(report["synthetic"]["summary"]) == {"cam_sync", "av_align", "onset_sync"}
+    assert "## Synthetic world" in (tmp_path / "report.md").read_text()
