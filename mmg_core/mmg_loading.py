@@ -45,7 +45,7 @@ from .mmg_sampling import VIDEOCRAFTER2_SCHEDULE, LvdmSchedule
 from .models.lvdm_unet import LvdmUNetConfig
 from .models.mmg_coupled import AudioUNetConfig, CrossModalConfig, MMGConfig, MMGCoupledUNet
 from .vocoder import HiFiGAN, load_hifigan, load_torch_weights
-from .weights import WeightsMismatchError, save_safetensors_atomic, stored_tensors
+from .weights import check_state_dict, save_safetensors_atomic, stored_tensors
 
 PathLike = str | os.PathLike
 FAMILY = "mmg"
@@ -459,25 +459,8 @@ def _add_couplers(parts: dict, video: LvdmUNetConfig, audio: AudioUNetConfig, co
 
 def check_part(module: nn.Module, state: Mapping[str, torch.Tensor], source: str, prefix: str) -> None:
     """Keys and shapes of one part against the (meta) module; the error names the key as the file spells it."""
-    expected = module.state_dict()
-    unexpected = [k for k in state if k not in expected]
-    missing = [k for k in expected if k not in state]
-    if unexpected:
-        raise WeightsMismatchError(
-            f"{source} has key {prefix + unexpected[0]!r} that this model does not have ({len(unexpected)} unexpected, "
-            f"{len(missing)} missing); is the file for another model, or does the config not match it?"
-        )
-    if missing:
-        raise WeightsMismatchError(
-            f"{source} lacks key {prefix + missing[0]!r} ({len(missing)} missing); the file is incomplete or for "
-            "another config"
-        )
-    for key, value in state.items():
-        if tuple(value.shape) != tuple(expected[key].shape):
-            raise WeightsMismatchError(
-                f"{source} key {prefix + key!r} has shape {tuple(value.shape)}, the model expects "
-                f"{tuple(expected[key].shape)}; the config (video_config / unet/config.json) does not match the file"
-            )
+    check_state_dict(module.state_dict(), state, source, key_prefix=prefix,
+                     shape_hint="; the config (video_config / unet/config.json) does not match the file")
 
 
 def init_couplers_(module: nn.Module, generator: torch.Generator) -> None:
