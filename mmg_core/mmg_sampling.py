@@ -6,6 +6,8 @@ Follows the reference inference (``chaksseu/MMG_AV`` @ 6a67cf3, ``MMG_multi_gpu_
     prompts of *both* modalities (the CMTs couple the two passes' streams, so the unconditional
     audio depends on the unconditional video and vice versa); here both passes run as one batch;
   * guidance per modality: ``eps = eps_u + s · (eps_c − eps_u)`` (audio 7.5, video 12);
+  * optional modality guidance (not in the reference; LTX-2's term, as the pack's other samplers):
+    ``+ m · (eps_c − eps_c without the CMTs)``, one more pass with the couplers switched off;
   * audio: diffusers ``DDIMScheduler`` with Auffusion's scheduler config, eta 0;
   * video: lvdm's DDIM (Song et al. 2021, eq. 12, eta 0) with VideoCrafter2's ``scale_arr``: the x0
     prediction is divided by the signal scale of step t and multiplied by that of the previous step.
@@ -17,7 +19,7 @@ Layouts: audio latents (b, 4, mel, time), video latents (b, 4, frames, h, w).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -131,6 +133,8 @@ class GuidedEps:
     video_cond: torch.Tensor
     audio_uncond: torch.Tensor | None = None
     video_uncond: torch.Tensor | None = None
+    audio_uncoupled: torch.Tensor | None = None  # conditional, couplers off (modality guidance only)
+    video_uncoupled: torch.Tensor | None = None
 
 
 def _guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
@@ -143,8 +147,23 @@ def _batched(value, copies: int):
 
 
 def guided_eps(model, audio: torch.Tensor, video: torch.Tensor, audio_t, video_t: torch.Tensor,
-               conditions: MMGConditions, audio_guidance: float, video_guidance: float) -> GuidedEps:
-    """Classifier-free guidance per modality; the unconditional and conditional passes run as one batch."""
+               conditions: MMGConditions, audio_guidance: float, video_guidance: float,
+               modality_guidance: float = 0.0) -> GuidedEps:
+    """Classifier-free guidance per modality; the unconditional and conditional passes run as one batch.
+
+    ``modality_guidance`` m != 0 adds ``m · (eps_c − eps_c(coupled=False))`` to both streams: a push
+    away from what the two U-Nets predict without exchanging features (one extra pass)."""
+    eps = _cfg_eps(model, audio, video, audio_t, video_t, conditions, audio_guidance, video_guidance)
+    if modality_guidance == 0.0:
+        return eps
+    a_d, v_d = model(audio, audio_t, conditions.audio_text, video, video_t, conditions.video_text, conditions.fps,
+                     coupled=False)
+    return replace(eps, audio=eps.audio + modality_guidance * (eps.audio_cond - a_d),
+                   video=eps.video + modality_guidance * (eps.video_cond - v_d), audio_uncoupled=a_d, video_uncoupled=v_d)
+
+
+def _cfg_eps(model, audio, video, audio_t, video_t, conditions: MMGConditions, audio_guidance: float,
+             video_guidance: float) -> GuidedEps:
     b = audio.shape[0]
     if audio_guidance == 1.0 and video_guidance == 1.0:
         a, v = model(audio, audio_t, conditions.audio_text, video, video_t, conditions.video_text, conditions.fps)
@@ -191,6 +210,7 @@ def sample_mmg_ddim(
     video_schedule: LvdmSchedule = VIDEOCRAFTER2_SCHEDULE,
     audio_scheduler_config: dict | None = None,
     callback: Callable[[MMGStep], None] | None = None,
+    modality_guidance: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Joint DDIM (eta 0) from noise. audio_noise (b, 4, mel, time), video_noise (b, 4, f, h, w) ->
     (audio latents, video latents). ``model`` is an ``MMGCoupledUNet`` (or any callable with its signature)."""
@@ -202,7 +222,7 @@ def sample_mmg_ddim(
         index = steps - 1 - step  # the video plan is ascending
         video_t = torch.full((video.shape[0],), float(plan.timesteps[index]), device=video.device)
         eps = guided_eps(model, scheduler.scale_model_input(audio, audio_t), video, audio_t, video_t,
-                         conditions, audio_guidance, video_guidance)
+                         conditions, audio_guidance, video_guidance, modality_guidance)
         audio = scheduler.step(eps.audio, audio_t, audio, eta=0.0, return_dict=False)[0]
         video = lvdm_ddim_step(video, eps.video, plan, index)
         if callback is not None:

@@ -45,19 +45,7 @@ def clip_to_comfy(clip: DecodedClip) -> tuple[torch.Tensor, dict[str, Any], floa
 
 def images_to_uint8(images: torch.Tensor) -> np.ndarray:
     """IMAGE (N, H, W, C) in [0, 1] → uint8 RGB (N, H, W, 3); grey and RGBA inputs are converted."""
-    if not isinstance(images, torch.Tensor) or images.dim() != 4:
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"images must be an IMAGE batch (frames, height, width, channels), got {shape}")
-    if images.shape[0] == 0:
-        raise ValueError("images is empty: connect at least one frame")
-    channels = images.shape[-1]
-    if channels == 1:
-        images = images.expand(-1, -1, -1, 3)
-    elif channels == 4:
-        images = images[..., :3]
-    elif channels != 3:
-        raise ValueError(f"images must have 1, 3 or 4 channels, got {channels}")
-    return (images.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    return (rgb_images(images).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
 
 
 @dataclass(frozen=True)
@@ -86,3 +74,42 @@ def preview_image(pixels: torch.Tensor) -> Image.Image:
     if scale > 1:  # tiny clips are hard to see in the node: upscale with crisp pixels
         image = image.resize((round(image.width * scale), round(image.height * scale)), Image.NEAREST)
     return image
+
+
+def images_to_video(images: Any) -> torch.Tensor:
+    """IMAGE (F, H, W, C) in [0, 1] → mmg_core's video layout (F, 3, H, W) in [-1, 1] (a new tensor)."""
+    return rearrange(rgb_images(images), "f h w c -> f c h w").clamp(0, 1) * 2.0 - 1.0
+
+
+def rgb_images(images: Any) -> torch.Tensor:
+    """IMAGE (F, H, W, C) with 1, 3 or 4 channels → (F, H, W, 3) float on the CPU (grey repeated, alpha
+    dropped); anything else is an error that says what was connected."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must be an IMAGE batch (frames, height, width, channels), got {shape}")
+    if images.shape[0] == 0:
+        raise ValueError("images is empty: connect at least one frame")
+    channels = images.shape[-1]
+    if channels not in (1, 3, 4):
+        raise ValueError(f"images must have 1, 3 or 4 channels, got {channels}")
+    return images.float().cpu()[..., :3].expand(-1, -1, -1, 3)
+
+
+def array_to_image(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W, 3) picture → IMAGE (1, H, W, 3) in [0, 1]."""
+    return torch.from_numpy(np.array(pixels, dtype=np.float32)).div(255.0)[None]  # a copy: PIL arrays are read-only
+
+
+def comfy_audio_waveform(audio: Any) -> tuple[torch.Tensor, int]:
+    """AUDIO dict → (waveform (B, C, T) float, sample rate), checked; the batch is kept as it is."""
+    if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
+        raise ValueError("audio must be a ComfyUI AUDIO value ({'waveform': (B, C, T), 'sample_rate': int})")
+    waveform = audio["waveform"]
+    if not isinstance(waveform, torch.Tensor) or waveform.dim() != 3:
+        raise ValueError(f"audio waveform must be (batch, channels, samples), got {getattr(waveform, 'shape', waveform)}")
+    if waveform.shape[-1] == 0:
+        raise ValueError("audio is empty (0 samples): connect a soundtrack")
+    sample_rate = int(audio["sample_rate"])
+    if sample_rate <= 0:
+        raise ValueError(f"audio sample_rate must be positive, got {sample_rate}")
+    return waveform, sample_rate

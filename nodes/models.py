@@ -30,8 +30,9 @@ def register_model_folder() -> None:
 
 
 def list_model_files() -> list[str]:
-    """Model files, the shipped default model first."""
-    names = folder_paths.get_filename_list(FOLDER)
+    """Model files, the shipped default model first. The pack's ``models/sync/`` holds the sync
+    classifiers (listed by the sync nodes), not generation models, so it is left out."""
+    names = [name for name in folder_paths.get_filename_list(FOLDER) if not name.replace("\\", "/").startswith("sync/")]
     return sorted(names, key=lambda name: (name != DEFAULT_MODEL, name.lower()))
 
 

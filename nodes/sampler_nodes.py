@@ -118,6 +118,22 @@ def _step_callback(total: int, config):
     return callback
 
 
+def sampling_inputs(steps_tooltip: str = "Number of denoising steps.") -> list:
+    """The solver and guidance widgets, shared by every node that samples the pack's models."""
+    return [
+        io.Int.Input("steps", default=25, min=1, max=1000, tooltip=steps_tooltip),
+        io.Combo.Input("sampler_name", options=sampler_names(), default=DEFAULT_SAMPLER,
+                       tooltip="Solver: ddpm (ancestral), ddim, dpmpp_2m (DPM-Solver++ 2M), unipc, euler."),
+        io.Float.Input("video_cfg", default=3.0, min=0.0, max=30.0, step=0.1,
+                       tooltip="Classifier-free guidance of the picture toward the video prompt (1 = off)."),
+        io.Float.Input("audio_cfg", default=3.0, min=0.0, max=30.0, step=0.1,
+                       tooltip="Classifier-free guidance of the sound toward the audio prompt (1 = off)."),
+        io.Float.Input("modality_scale", default=0.0, min=0.0, max=10.0, step=0.1,
+                       tooltip="Modality guidance: push away from a prediction made with the audio-video "
+                               "exchange switched off, for tighter sync (0 = off; costs one extra pass)."),
+    ]
+
+
 class MMGSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -131,16 +147,7 @@ class MMGSampler(io.ComfyNode):
                 AVLatentType.Input("latent", tooltip="Clip size and batch, from 'MMG Empty AV Latent'."),
                 io.Int.Input("seed", default=0, min=0, max=MAX_SEED, control_after_generate=True,
                              tooltip="Seed of the initial noise, the random attention shifts and ancestral noise."),
-                io.Int.Input("steps", default=25, min=1, max=1000, tooltip="Number of denoising steps."),
-                io.Combo.Input("sampler_name", options=sampler_names(), default=DEFAULT_SAMPLER,
-                               tooltip="Solver: ddpm (ancestral), ddim, dpmpp_2m (DPM-Solver++ 2M), unipc, euler."),
-                io.Float.Input("video_cfg", default=3.0, min=0.0, max=30.0, step=0.1,
-                               tooltip="Classifier-free guidance of the picture toward the video prompt (1 = off)."),
-                io.Float.Input("audio_cfg", default=3.0, min=0.0, max=30.0, step=0.1,
-                               tooltip="Classifier-free guidance of the sound toward the audio prompt (1 = off)."),
-                io.Float.Input("modality_scale", default=0.0, min=0.0, max=10.0, step=0.1,
-                               tooltip="Modality guidance: push away from a prediction made with the audio-video "
-                                       "exchange switched off, for tighter sync (0 = off; costs one extra pass)."),
+                *sampling_inputs(),
                 ConditioningType.Input("conditioning", optional=True,
                                        tooltip="Prompts from 'MMG Text Encode'; required by text-conditioned models."),
             ],

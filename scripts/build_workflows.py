@@ -23,6 +23,16 @@ OUTPUT_TYPES = {
     "MMGDecode": ["IMAGE", "AUDIO", "FLOAT"],
     "MMGSaveMP4": ["VIDEO"],
     "CreateVideo": ["VIDEO"],
+    "CLIPLoader": ["CLIP"],
+    "CLIPTextEncode": ["CONDITIONING"],
+    "MMGCoupledLoader": ["MMG_COUPLED_MODEL", "VAE", "VAE"],
+    "MMGAudioTextEncode": ["CONDITIONING"],
+    "MMGCoupledSampler": ["MMG_COUPLED_LATENT"],
+    "MMGVocoderLoader": ["MMG_VOCODER"],
+    "MMGCoupledDecode": ["IMAGE", "AUDIO", "FLOAT"],
+    "MMGSyncScore": ["FLOAT", "FLOAT", "FLOAT", "FLOAT", "STRING", "IMAGE", "IMAGE"],
+    "MMGSyncApplyOffset": ["AUDIO", "FLOAT"],
+    "MMGSyncBestOfN": ["IMAGE", "AUDIO", "FLOAT", "INT", "FLOAT", "STRING"],
 }
 OUTPUT_NAMES = {
     "MMGLoadModel": ["model"],
@@ -32,6 +42,16 @@ OUTPUT_NAMES = {
     "MMGDecode": ["images", "audio", "fps"],
     "MMGSaveMP4": ["video"],
     "CreateVideo": ["VIDEO"],
+    "CLIPLoader": ["CLIP"],
+    "CLIPTextEncode": ["CONDITIONING"],
+    "MMGCoupledLoader": ["model", "video_vae", "audio_vae"],
+    "MMGAudioTextEncode": ["conditioning"],
+    "MMGCoupledSampler": ["latent"],
+    "MMGVocoderLoader": ["vocoder"],
+    "MMGCoupledDecode": ["images", "audio", "fps"],
+    "MMGSyncScore": ["score", "offset_s", "confidence", "score_at_0", "report", "cam_overlay", "plot"],
+    "MMGSyncApplyOffset": ["audio", "applied_delay_s"],
+    "MMGSyncBestOfN": ["images", "audio", "fps", "seed", "score", "scores"],
 }
 
 
@@ -156,7 +176,78 @@ def text_to_av() -> tuple[str, list[Node], str]:
     return "mmg_text_to_audio_video", nodes, note
 
 
-ALL = [text_to_av, unconditional_av, core_video_nodes]
+# The MMG family (VideoCrafter2 + Auffusion): file names as their releases ship them.
+VIDEOCRAFTER2_CKPT = "model.ckpt"
+AUFFUSION_FOLDER = "auffusion-full"
+CLIP_H = "open_clip_pytorch_model.bin"  # OpenCLIP ViT-H/14 (laion2b_s32b_b79k), what VideoCrafter2 loads
+CLIP_L = "clip_l.safetensors"  # CLIP ViT-L/14 text model (Auffusion's text_encoder_0)
+MMG_PROMPT = "a dog barking in a park, handheld camera"
+MMG_AUDIO_PROMPT = "a dog barking"
+
+
+def videocrafter2_auffusion() -> tuple[str, list[Node], str]:
+    clip_h, clip_l = (1, 0, "CLIP"), (2, 0, "CLIP")
+    model, video_vae, audio_vae = (3, 0, "MMG_COUPLED_MODEL"), (3, 1, "VAE"), (3, 2, "VAE")
+    nodes = [
+        Node(1, "CLIPLoader", "Load CLIP-H (video prompts)",
+             {"clip_name": CLIP_H, "type": "stable_diffusion", "device": "default"}),
+        Node(2, "CLIPLoader", "Load CLIP-L (audio prompt)",
+             {"clip_name": CLIP_L, "type": "stable_diffusion", "device": "default"}),
+        Node(3, "MMGCoupledLoader", "Load VideoCrafter2 + Auffusion",
+             {"video_ckpt": VIDEOCRAFTER2_CKPT, "auffusion_folder": AUFFUSION_FOLDER, "couplers": "none (fresh couplers)",
+              "coupler_seed": 0, "weight_dtype": "auto", "offload": "auto"}, size=(360, 240)),
+        Node(4, "CLIPTextEncode", "Video prompt", {"text": MMG_PROMPT}, {"clip": clip_h}, size=(400, 160)),
+        Node(5, "CLIPTextEncode", "Negative video prompt (empty = unconditional)", {"text": ""}, {"clip": clip_h},
+             size=(400, 160)),
+        Node(6, "MMGAudioTextEncode", "Audio prompt", {"text": MMG_AUDIO_PROMPT}, {"clip": clip_l}, size=(400, 160)),
+        Node(7, "MMGCoupledSampler", "Joint audio-video sampler (DDIM)",
+             {"seed": 42, "steps": 25, "video_cfg": 12.0, "audio_cfg": 7.5, "modality_scale": 0.0, "width": 512,
+              "height": 320, "frames": 40, "fps": 12, "batch_size": 1},
+             {"model": model, "video_positive": (4, 0, "CONDITIONING"), "video_negative": (5, 0, "CONDITIONING"),
+              "audio_positive": (6, 0, "CONDITIONING")}, seed_control="randomize", size=(340, 420)),
+        Node(8, "MMGVocoderLoader", "Load vocoder (Auffusion's HiFi-GAN)",
+             {"vocoder_name": "auffusion:" + AUFFUSION_FOLDER, "config": "config.json"}),
+        Node(9, "MMGCoupledDecode", "Decode frames + audio",
+             {}, {"latent": (7, 0, "MMG_COUPLED_LATENT"), "video_vae": video_vae, "audio_vae": audio_vae,
+                  "vocoder": (8, 0, "MMG_VOCODER")}),
+        Node(10, "MMGSaveMP4", "Save MP4", {"fps": 12.5, "filename_prefix": "mmg/videocrafter2_auffusion", "crf": 18},
+             {"images": (9, 0, "IMAGE"), "fps": (9, 2, "FLOAT"), "audio": (9, 1, "AUDIO")}, size=(360, 420)),
+    ]
+    note = ("MMG: VideoCrafter2 (video) and Auffusion (audio) sampled together, coupled by cross-modal transformers. "
+            "Needs VideoCrafter2's model.ckpt (models/checkpoints), the Auffusion folder (models/auffusion), OpenCLIP "
+            "ViT-H/14 and CLIP ViT-L/14 text encoders (models/text_encoders). GPU: about 9.2 GB in fp16/bf16.")
+    return "mmg_videocrafter2_auffusion", nodes, note
+
+
+# The sync score node's classifiers as shipped: the pack's audio event classifier (models/sync) and the
+# built-in ImageNet EfficientNet-Lite0 (see nodes/sync_nodes.py).
+SYNC_CLASSIFIERS = {"audio_classifier": "audio_events.safetensors",
+                    "frame_classifier": "efficientnet-lite0 (ImageNet, built in)"}
+
+
+def sync_score() -> tuple[str, list[Node], str]:
+    _, generation, _ = text_to_av()
+    head = [node for node in generation if node.type != "MMGSaveMP4"]  # model, prompts, latent, sampler, decode
+    decode = next(node.id for node in head if node.type == "MMGDecode")
+    images, audio, fps = (decode, 0, "IMAGE"), (decode, 1, "AUDIO"), (decode, 2, "FLOAT")
+    nodes = head + [
+        Node(6, "MMGSyncScore", "Sync score (CAM-Sync)",
+             {"fps": 10.0, **SYNC_CLASSIFIERS, "max_lag_s": 2.0, "overlay_strength": 0.6},
+             {"images": images, "audio": audio, "fps": fps}, size=(420, 560)),
+        Node(7, "MMGSaveMP4", "Save MP4", {"fps": 10.0, "filename_prefix": "mmg/sync_score", "crf": 18},
+             {"images": images, "fps": fps, "audio": audio}, size=(360, 420)),
+        # "preview" is the frontend's text box of Preview as Text; its prompt carries it (empty).
+        Node(8, "PreviewAny", "Sync report", {"preview": ""}, {"source": (6, 4, "STRING")}, size=(460, 240)),
+        Node(9, "MMGSaveMP4", "Save CAM overlay MP4", {"fps": 10.0, "filename_prefix": "mmg/sync_cam", "crf": 18},
+             {"images": (6, 5, "IMAGE"), "fps": fps, "audio": audio}, size=(360, 420)),
+    ]
+    note = ("Generate a clip with the shipped world model and measure its audio-video sync with CAM-Sync: score, "
+            "offset (positive = audio late) and confidence, the VideoCAM overlay as a video and the energy / "
+            "correlation plot. Any frames + audio can be wired into the score node instead.")
+    return "mmg_sync_score", nodes, note
+
+
+ALL = [text_to_av, unconditional_av, core_video_nodes, videocrafter2_auffusion, sync_score]
 
 
 def main() -> None:

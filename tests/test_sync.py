@@ -12,8 +12,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from einops import reduce
-from torch import nn
 
 from mmg_core import media
 from mmg_core.__main__ import main
@@ -26,6 +24,7 @@ from mmg_core.sync import backbones
 from mmg_core.sync.backbones import TRAIN_AUDIO_COMMAND, AudioNetConfig
 from mmg_core.weights import WeightsMismatchError
 from mmg_core.world import WorldConfig, make_spec, render_clip
+from sync_stand_ins import LoudnessNet
 
 ROOT = Path(__file__).resolve().parents[1]
 LONG = WorldConfig(frames=40)  # 4 s clips: enough irregular events for one unambiguous best lag
@@ -34,34 +33,6 @@ LONG = WorldConfig(frames=40)  # 4 s clips: enough irregular events for one unam
 @pytest.fixture(scope="module")
 def frame_net():
     return load_frame_classifier()
-
-
-class LoudnessNet(nn.Module):
-    """A one-class audio "classifier" whose evidence is loudness, plugged in through the CamClassifier
-    interface: its Grad-CAM is the log-mel above a floor 50 dB under the clip's peak.
-
-    Why the CAM-Sync offset test uses it rather than an AudioEventNet: the Grad-CAM of a randomly
-    initialised net follows where sound is but not where it starts (on 4-s world clips its offsets
-    were off by 0.16 s in the median, against 0.005 s for loudness), and a 50-step net still misses
-    impacts; the shipped classifier is trained later (scripts/train_audio_classifier.py).
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.front = AudioEventNet()  # only its log-mel front end is used
-        self.config, self.class_names = self.front.config, ("loud",)
-        self.frames_per_second = self.front.frames_per_second
-        self.weight = nn.Parameter(torch.ones(1, 1))
-
-    def log_mel(self, waveform):
-        return self.front.log_mel(waveform)
-
-    def features(self, waveform):
-        x = self.log_mel(waveform)  # log_std = 5 units per neper: 2.3 units = 50 dB
-        return torch.relu(x - (x.amax(dim=(2, 3), keepdim=True) - 2.3))
-
-    def head(self, features):
-        return reduce(features, "b c m t -> b c", "mean") @ self.weight.T
 
 
 def lamp_clip(seed: int = 4):
