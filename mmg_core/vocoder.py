@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from torch import nn
 
-from .weights import WeightsMismatchError
+from .weights import WeightsMismatchError, check_state_dict
 
 LRELU_SLOPE = 0.1
 WEIGHT_SUFFIXES = (".pt", ".pth", ".tar", ".ckpt", ".bin", ".safetensors")
@@ -333,27 +333,11 @@ def load_hifigan(
     state = fold_weight_norm(read_weight_file(weights))
     with torch.device("meta"):
         model = HiFiGAN(config)
-    check_state_dict(model, state, weights.name)
+    check_state_dict(
+        model.state_dict(), state, weights.name,
+        shape_hint="; does config.json belong to these weights?",
+        unexpected_hint="is it a different vocoder (BigVGAN, MelGAN, HiFi-GAN discriminator)?",
+    )
     state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval()
-
-
-def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    """Keys and shapes must match exactly; the error names the first offending key."""
-    expected = model.state_dict()
-    unexpected = [k for k in state if k not in expected]
-    missing = [k for k in expected if k not in state]
-    if unexpected:
-        raise WeightsMismatchError(
-            f"{source} has key {unexpected[0]!r} that this HiFi-GAN does not have ({len(unexpected)} unexpected, "
-            f"{len(missing)} missing); is it a different vocoder (BigVGAN, MelGAN, HiFi-GAN discriminator)?"
-        )
-    if missing:
-        raise WeightsMismatchError(f"{source} lacks key {missing[0]!r} ({len(missing)} missing)")
-    for key, value in state.items():
-        if tuple(value.shape) != tuple(expected[key].shape):
-            raise WeightsMismatchError(
-                f"{source} key {key!r} has shape {tuple(value.shape)}, the config gives {tuple(expected[key].shape)}; "
-                "does config.json belong to these weights?"
-            )

@@ -22,18 +22,20 @@ def check_state_dict(
     *,
     key_prefix: str = "",
     shape_hint: str = "",
+    unexpected_hint: str = "is the file for another model or config?",
 ) -> None:
     """Every key of ``incoming`` must be in ``expected`` and vice versa, with equal shapes.
 
     The error names the first offending key as the file spells it (``key_prefix`` + key), so a user
-    can tell a wrong file from a wrong config; ``shape_hint`` ends a shape error (which config to check).
+    can tell a wrong file from a wrong config; ``shape_hint`` ends a shape error (which config to check)
+    and ``unexpected_hint`` a foreign-key error (what the file may be instead).
     """
     missing = [k for k in expected if k not in incoming]
     unexpected = [k for k in incoming if k not in expected]
     if unexpected:
         raise WeightsMismatchError(
             f"{source} has key {key_prefix + unexpected[0]!r} that this model does not have "
-            f"({len(unexpected)} unexpected, {len(missing)} missing); is the file for another model or config?"
+            f"({len(unexpected)} unexpected, {len(missing)} missing); {unexpected_hint}"
         )
     if missing:
         raise WeightsMismatchError(
