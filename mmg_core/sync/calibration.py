@@ -409,7 +409,8 @@ def cmd_calibrate_sync(args: argparse.Namespace) -> int:
         raise ValueError("nothing to do: give --film and/or drop --skip-synthetic")
     if args.film is not None and not Path(args.film).is_file():
         raise FileNotFoundError(f"--film {args.film} not found (see scripts/get_big_buck_bunny.sh)")
-    torch.set_num_threads(args.threads) if args.threads else None
+    if args.threads:
+        torch.set_num_threads(args.threads)
     started = time.perf_counter()
     models = load_sync_models(args.frame_classifier, args.audio_classifier, frame_size=args.frame_size)
     report = {"command": "python -m mmg_core calibrate-sync " + " ".join(sys.argv[2:]), "models": dict(models.notes)}
