@@ -95,12 +95,59 @@ class NoiseSchedule:
         return {**self.to_dict(), "prediction_type": "epsilon"}
 
     def alphas_cumprod(self) -> torch.Tensor:
-        """ᾱ_t for t = 0..T-1, float64 on CPU, shape (T,).
+        """ᾱ_t for t = 0..T-1, float64 on CPU, shape (T,) (see ``scheduler_alphas_cumprod``)."""
+        return scheduler_alphas_cumprod(self.scheduler_config())
 
-        Taken from a diffusers scheduler (float32 betas, as diffusers computes them) so the
-        conversions here use bit-for-bit the table the samplers step with.
-        """
-        return DDPMScheduler(**self.scheduler_config()).alphas_cumprod.to(torch.float64)
+
+@dataclass(frozen=True)
+class TabulatedSchedule:
+    """A variance-preserving noise process given by its ᾱ table rather than by a named beta schedule.
+
+    For processes diffusers has no name for, e.g. VideoCrafter2's scaled latents rewritten in
+    variance-preserving form (``mmg_sampling.LvdmSchedule.variance_preserving``). It offers the same
+    ``num_train_timesteps`` / ``scheduler_config()`` / ``alphas_cumprod()`` as :class:`NoiseSchedule`,
+    so every sampler in ``mmg_core.sampling`` accepts it; schedulers get the table as ``trained_betas``.
+    """
+
+    table: tuple[float, ...]  # ᾱ_t for t = 0..T-1, strictly decreasing in (0, 1)
+
+    def __post_init__(self) -> None:
+        values = torch.tensor(self.table, dtype=torch.float64)
+        if values.dim() != 1 or values.numel() < 2:
+            raise ValueError(f"a tabulated schedule needs at least 2 values of ᾱ, got {values.numel()}")
+        if not bool(((values > 0) & (values < 1)).all()) or not bool((values[1:] < values[:-1]).all()):
+            raise ValueError("ᾱ must lie in (0, 1) and strictly decrease with t")
+
+    @classmethod
+    def from_alphas_cumprod(cls, alphas_cumprod: torch.Tensor) -> "TabulatedSchedule":
+        return cls(tuple(float(a) for a in alphas_cumprod.detach().to("cpu", torch.float64)))
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return len(self.table)
+
+    def betas(self) -> torch.Tensor:
+        """β_t = 1 − ᾱ_t / ᾱ_{t−1} (ᾱ_{−1} = 1), float64: the inverse of ᾱ_t = Π (1 − β)."""
+        values = torch.tensor(self.table, dtype=torch.float64)
+        previous = torch.cat([values.new_ones(1), values[:-1]])
+        return 1.0 - values / previous
+
+    def scheduler_config(self) -> dict[str, Any]:
+        return {"num_train_timesteps": self.num_train_timesteps, "trained_betas": self.betas().tolist(),
+                "prediction_type": "epsilon"}
+
+    def alphas_cumprod(self) -> torch.Tensor:
+        """ᾱ_t as the schedulers rebuild it from ``trained_betas`` (float32 products), float64 (T,)."""
+        return scheduler_alphas_cumprod(self.scheduler_config())
+
+
+def scheduler_alphas_cumprod(scheduler_config: dict[str, Any]) -> torch.Tensor:
+    """ᾱ_t for t = 0..T-1 of a diffusers scheduler config, float64 on CPU, shape (T,).
+
+    Taken from a diffusers scheduler (float32 betas, as diffusers computes them) so the
+    conversions here use bit-for-bit the table the samplers step with.
+    """
+    return DDPMScheduler(**scheduler_config).alphas_cumprod.to(torch.float64)
 
 
 def alpha_bar_at(alphas_cumprod: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -153,17 +200,19 @@ def eps_from_prediction(prediction_type: str, x: torch.Tensor, pred: torch.Tenso
     return convert(x, pred, alpha_bar)
 
 
-def x0_from_eps(x: AV, eps: AV, t: torch.Tensor, alphas_cumprod: torch.Tensor) -> AV:
+def x0_from_eps(x: AV, eps: AV, t: torch.Tensor, alphas_cumprod: torch.Tensor | AV) -> AV:
     """Predicted clean sample from a model input ``x`` at timesteps ``t`` (B,) and its epsilon.
 
+    ``alphas_cumprod`` is one ᾱ table for both streams, or an AV of one table per stream.
     Computed in float32. Near t = T-1, sqrt(ᾱ) is ~6e-3, so x0 is a noisy preview there.
     """
-    a = alpha_bar_at(alphas_cumprod, t)
+    tables = alphas_cumprod if isinstance(alphas_cumprod, AV) else AV(video=alphas_cumprod, audio=alphas_cumprod)
 
-    def one(xs: torch.Tensor, es: torch.Tensor) -> torch.Tensor:
+    def one(xs: torch.Tensor, es: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        a = alpha_bar_at(table, t)
         return (xs.float() - _per_sample((1 - a).sqrt(), xs) * es.float()) / _per_sample(a.sqrt(), xs)
 
-    return x.zip_map(eps, one)
+    return AV(video=one(x.video, eps.video, tables.video), audio=one(x.audio, eps.audio, tables.audio))
 
 
 class EpsDenoiser:

@@ -25,7 +25,8 @@ from einops import rearrange
 
 from .auffusion_audio import image_to_waveform
 from .mmg_loading import MMGLoadError, find_auffusion_folder, read_safetensors, unwrap_lightning
-from .mmg_sampling import VIDEOCRAFTER2_SCHEDULE, LvdmSchedule, MMGConditions, MMGStep, sample_mmg_ddim
+from .mmg_sampling import VIDEOCRAFTER2_SCHEDULE, LvdmSchedule, MMGConditions, MMGStep, check_sampler, sample_mmg
+from .sampling import StepInfo
 from .models.mmg_coupled import MMG_FPS, MMGCoupledUNet
 from .vocoder import HiFiGAN, load_torch_weights
 
@@ -183,8 +184,10 @@ class MMGSettings:
     video_cfg: float = 12.0
     modality: float = 0.0
     fps: int = 12  # the video U-Net's fps condition; the reference passes int(12.5)
+    sampler: str = "ddim"  # MMG's; any of mmg_sampling.SAMPLER_NAMES
 
     def __post_init__(self) -> None:
+        check_sampler(self.sampler)
         if self.steps < 1:
             raise ValueError(f"steps must be at least 1, got {self.steps}")
         if self.fps < 1:
@@ -206,10 +209,10 @@ def generate_mmg(
     *,
     generator: torch.Generator,
     video_schedule: LvdmSchedule = VIDEOCRAFTER2_SCHEDULE,
-    callback: Callable[[MMGStep], None] | None = None,
+    callback: Callable[[MMGStep | StepInfo], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Noise from ``generator`` -> joint DDIM -> (audio latents, video latents), float32 on the model's
-    device. ``conditions`` hold float32 states of batch b; the batch is taken from them."""
+    """Noise from ``generator`` -> ``settings.sampler`` -> (audio latents, video latents), float32 on the
+    model's device. ``conditions`` hold float32 states of batch b; the batch is taken from them."""
     size.check(model.config.num_levels)
     video_width = model.config.video.context_dim
     for states in (conditions.video_text, conditions.video_negative):
@@ -228,10 +231,10 @@ def generate_mmg(
         move(conditions.audio_text), move(conditions.video_text), move(conditions.audio_negative),
         move(conditions.video_negative), fps=torch.full((batch,), settings.fps, dtype=torch.int64, device=runner.device),
     )
-    return sample_mmg_ddim(
-        runner, audio_noise.to(runner.device), video_noise.to(runner.device), conditions, steps=settings.steps,
-        audio_guidance=settings.audio_cfg, video_guidance=settings.video_cfg, video_schedule=video_schedule,
-        callback=callback, modality_guidance=settings.modality,
+    return sample_mmg(
+        settings.sampler, runner, audio_noise.to(runner.device), video_noise.to(runner.device), conditions,
+        generator=generator, steps=settings.steps, audio_guidance=settings.audio_cfg, video_guidance=settings.video_cfg,
+        modality_guidance=settings.modality, video_schedule=video_schedule, callback=callback,
     )
 
 

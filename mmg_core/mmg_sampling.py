@@ -1,4 +1,4 @@
-"""Guided joint DDIM for MMG: audio and video denoised together, each with its own schedule and CFG.
+"""Guided joint sampling for MMG: audio and video denoised together, each with its own schedule and CFG.
 
 Follows the reference inference (``chaksseu/MMG_AV`` @ 6a67cf3, ``MMG_multi_gpu_inference_mmg_0606.py``,
 ``run_inference``):
@@ -14,6 +14,12 @@ Follows the reference inference (``chaksseu/MMG_AV`` @ 6a67cf3, ``MMG_multi_gpu_
 Both streams are deterministic (eta 0): the only randomness is the initial noise, which the caller
 draws with its own generator.
 
+The pack's other joint samplers (``mmg_core.sampling``: ddpm, dpmpp_2m, unipc, euler) run MMG too
+(:func:`sample_mmg`). They need a variance-preserving process per stream. Auffusion's is one. VideoCrafter2
+trains on x_t = √ᾱ·s·x0 + √(1−ᾱ)·ε (s = scale_arr); dividing by c = √(1 − ᾱ + ᾱs²) gives
+x_t / c = √ᾱ'·x0 + √(1−ᾱ')·ε with ᾱ' = ᾱs² / c² — a VP process with the *same* ε. So the solvers step
+x' = x_t / c on the ᾱ' table and the U-Net is fed c·x' (:class:`ScaledVideoDenoiser`).
+
 Layouts: audio latents (b, 4, mel, time), video latents (b, 4, frames, h, w).
 """
 
@@ -24,7 +30,11 @@ from typing import Callable
 
 import torch
 from diffusers import DDIMScheduler
+from einops import rearrange
 
+from . import sampling
+from .av import AV
+from .denoiser import NoiseSchedule, TabulatedSchedule
 from .models.mmg_coupled import MMG_FPS
 
 # Auffusion's scheduler/scheduler_config.json (Stable Diffusion 1.5's).
@@ -93,7 +103,21 @@ class LvdmSchedule:
         return LvdmDDIMPlan(timesteps, alphas[timesteps], alphas[previous], scale[timesteps], scale[previous])
 
 
+    def signal_scale(self) -> torch.Tensor:
+        """(T,) float64 c_t = √(1 − ᾱ_t + ᾱ_t s_t²): lvdm's x_t divided by it is variance-preserving."""
+        alphas, scale = self.alphas_cumprod().double(), self.scale_arr().double()
+        return (1.0 - alphas + alphas * scale.square()).sqrt()
+
+    def variance_preserving(self) -> TabulatedSchedule:
+        """The same noise process for x_t / c_t: ᾱ'_t = ᾱ_t s_t² / c_t² (see the module docstring)."""
+        alphas, scale = self.alphas_cumprod().double(), self.scale_arr().double()
+        return TabulatedSchedule.from_alphas_cumprod(alphas * scale.square() / self.signal_scale().square())
+
+
 VIDEOCRAFTER2_SCHEDULE = LvdmSchedule()
+# Auffusion's process (AUFFUSION_SCHEDULER_CONFIG's betas) for the pack's joint samplers.
+AUFFUSION_SCHEDULE = NoiseSchedule(num_train_timesteps=1000, beta_schedule="scaled_linear",
+                                   beta_start=0.00085, beta_end=0.012)
 
 
 def lvdm_ddim_step(x: torch.Tensor, eps: torch.Tensor, plan: LvdmDDIMPlan, index: int) -> torch.Tensor:
@@ -174,7 +198,7 @@ def _cfg_eps(model, audio, video, audio_t, video_t, conditions: MMGConditions, a
     if audio_negative is None:
         audio_negative = torch.zeros_like(conditions.audio_text)
     a, v = model(  # batch = [unconditional, conditional]
-        torch.cat([audio, audio]), audio_t, torch.cat([audio_negative, conditions.audio_text]),
+        torch.cat([audio, audio]), _batched(audio_t, 2), torch.cat([audio_negative, conditions.audio_text]),
         torch.cat([video, video]), _batched(video_t, 2),
         torch.cat([conditions.video_negative, conditions.video_text]), _batched(conditions.fps, 2),
     )
@@ -228,3 +252,78 @@ def sample_mmg_ddim(
         if callback is not None:
             callback(MMGStep(step, steps, int(audio_t), int(plan.timesteps[index]), audio, video, eps))
     return audio, video
+
+
+# ----------------------------------------------------------------------------------------------
+# The pack's joint samplers
+# ----------------------------------------------------------------------------------------------
+SAMPLER_NAMES = ("ddim", *(name for name in sampling.sampler_names() if name != "ddim"))
+
+
+def check_sampler(name: str) -> str:
+    """``name`` if MMG can be sampled with it; otherwise a ValueError that lists the choices."""
+    if name not in SAMPLER_NAMES:
+        raise ValueError(f"unknown MMG sampler {name!r}; choose one of: {', '.join(SAMPLER_NAMES)}")
+    return name
+
+
+class ScaledVideoDenoiser:
+    """The guided coupled model as a ``sampling`` denoiser over (x'_video, audio) at a shared timestep.
+
+    The video state x' is VideoCrafter2's latent divided by c_t (variance-preserving); the U-Net is
+    fed c_t·x', as it was trained. ε is the same in both forms, so it is returned unchanged."""
+
+    def __init__(self, model, conditions: MMGConditions, video_schedule: LvdmSchedule, audio_guidance: float,
+                 video_guidance: float, modality_guidance: float):
+        self.model, self.conditions = model, conditions
+        self.guidance = (audio_guidance, video_guidance, modality_guidance)
+        self.signal_scale = video_schedule.signal_scale()
+
+    def video_input_scale(self, t: torch.Tensor) -> torch.Tensor:
+        """c at per-sample timesteps t (b,), linear between integers (Euler's timesteps are float)."""
+        t = t.detach().to("cpu", torch.float64).clamp(0, len(self.signal_scale) - 1)
+        low = t.floor().long()
+        high = (low + 1).clamp(max=len(self.signal_scale) - 1)
+        return torch.lerp(self.signal_scale[low], self.signal_scale[high], t - low)
+
+    def __call__(self, x: AV, t: torch.Tensor) -> AV:
+        scale = rearrange(self.video_input_scale(t), "b -> b 1 1 1 1").to(x.video)
+        audio_guidance, video_guidance, modality_guidance = self.guidance
+        eps = guided_eps(self.model, x.audio, x.video * scale, t, t.float(), self.conditions,
+                         audio_guidance, video_guidance, modality_guidance)
+        return AV(video=eps.video, audio=eps.audio)
+
+
+def sample_mmg(
+    sampler_name: str,
+    model,
+    audio_noise: torch.Tensor,
+    video_noise: torch.Tensor,
+    conditions: MMGConditions,
+    *,
+    generator: torch.Generator,
+    steps: int = 25,
+    audio_guidance: float = 7.5,
+    video_guidance: float = 12.0,
+    modality_guidance: float = 0.0,
+    video_schedule: LvdmSchedule = VIDEOCRAFTER2_SCHEDULE,
+    callback: Callable[[MMGStep | sampling.StepInfo], None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample MMG with any of ``SAMPLER_NAMES`` -> (audio latents, video latents), as :func:`sample_mmg_ddim`.
+
+    "ddim" is the reference's joint DDIM (:func:`sample_mmg_ddim`, parity-tested); the others run the
+    pack's joint samplers on Auffusion's process for the audio and VideoCrafter2's in variance-preserving
+    form for the video. ``generator`` feeds the ancestral draws (ddpm); the callback gets an
+    :class:`MMGStep` (ddim) or a ``sampling.StepInfo`` (the others): both have ``step`` and ``total_steps``."""
+    check_sampler(sampler_name)
+    guidance = dict(audio_guidance=audio_guidance, video_guidance=video_guidance, modality_guidance=modality_guidance)
+    if sampler_name == "ddim":
+        return sample_mmg_ddim(model, audio_noise, video_noise, conditions, steps=steps, video_schedule=video_schedule,
+                               callback=callback, **guidance)
+    denoiser = ScaledVideoDenoiser(model, conditions, video_schedule, **guidance)
+    # The schedulers start x' at init_noise_sigma·noise; at t = T−1, x_t = c·x' has variance c², as lvdm's.
+    result = sampling.sample(sampler_name, denoiser, AV(video=video_noise, audio=audio_noise),
+                             video_schedule.variance_preserving(), audio_schedule=AUFFUSION_SCHEDULE, steps=steps,
+                             generator=generator, callback=callback)
+    # Every solver ends at ᾱ' = 1 (t = 0 stepped through), where c = 1 and x' is the clean latent.
+    return result.audio, result.video

@@ -29,7 +29,7 @@ from diffusers import (
 )
 
 from .av import AV
-from .denoiser import NoiseSchedule, x0_from_eps
+from .denoiser import NoiseSchedule, TabulatedSchedule, x0_from_eps
 
 __all__ = [
     "NoiseSchedule",  # defined in mmg_core.denoiser; re-exported because every sampler takes one
@@ -46,6 +46,8 @@ __all__ = [
 ]
 
 Denoiser = Callable[[AV, torch.Tensor], AV]
+# A named beta schedule or an ᾱ table: what a scheduler plan is built from.
+Schedule = NoiseSchedule | TabulatedSchedule
 
 
 @dataclass(frozen=True)
@@ -84,14 +86,14 @@ def _trailing_timesteps(num_train_timesteps: int, steps: int) -> list[int]:
     return [round(Fraction(total * (steps - k), steps)) - 1 for k in range(steps)]
 
 
-def _ddpm_plan(schedule: NoiseSchedule, steps: int) -> SchedulerPlan:
+def _ddpm_plan(schedule: Schedule, steps: int) -> SchedulerPlan:
     scheduler = DDPMScheduler(**schedule.scheduler_config(), variance_type="fixed_small", clip_sample=False)
     # Custom timesteps make DDPM step to the true next timestep (diffusers#9261 for the strided case).
     scheduler.set_timesteps(timesteps=_trailing_timesteps(schedule.num_train_timesteps, steps))
     return scheduler, scheduler.timesteps
 
 
-def _ddim_plan(schedule: NoiseSchedule, steps: int) -> SchedulerPlan:
+def _ddim_plan(schedule: Schedule, steps: int) -> SchedulerPlan:
     scheduler = DDIMScheduler(
         **schedule.scheduler_config(),
         clip_sample=False,
@@ -108,7 +110,7 @@ def _ddim_plan(schedule: NoiseSchedule, steps: int) -> SchedulerPlan:
     return scheduler, timesteps
 
 
-def _dpmpp_2m_plan(schedule: NoiseSchedule, steps: int) -> SchedulerPlan:
+def _dpmpp_2m_plan(schedule: Schedule, steps: int) -> SchedulerPlan:
     scheduler = DPMSolverMultistepScheduler(
         **schedule.scheduler_config(),
         algorithm_type="dpmsolver++",
@@ -123,7 +125,7 @@ def _dpmpp_2m_plan(schedule: NoiseSchedule, steps: int) -> SchedulerPlan:
     return scheduler, scheduler.timesteps
 
 
-def _unipc_plan(schedule: NoiseSchedule, steps: int) -> SchedulerPlan:
+def _unipc_plan(schedule: Schedule, steps: int) -> SchedulerPlan:
     # UniPC takes no custom timesteps. Its "trailing" list is wrong for 62 step counts (see
     # _trailing_timesteps) and its "linspace" list repeats timesteps when steps == T; linspace is
     # exact for steps < T (stride >= 1) and trailing is exact for steps == T (stride exactly 1).
@@ -139,7 +141,7 @@ def _unipc_plan(schedule: NoiseSchedule, steps: int) -> SchedulerPlan:
     return scheduler, scheduler.timesteps
 
 
-def _euler_plan(schedule: NoiseSchedule, steps: int) -> SchedulerPlan:
+def _euler_plan(schedule: Schedule, steps: int) -> SchedulerPlan:
     scheduler = EulerDiscreteScheduler(
         **schedule.scheduler_config(),
         interpolation_type="linear",
@@ -150,7 +152,7 @@ def _euler_plan(schedule: NoiseSchedule, steps: int) -> SchedulerPlan:
     return scheduler, scheduler.timesteps
 
 
-def _check_steps(steps: int, schedule: NoiseSchedule) -> int:
+def _check_steps(steps: int, schedule: Schedule) -> int:
     limit = schedule.num_train_timesteps
     if isinstance(steps, bool) or not isinstance(steps, int):
         raise ValueError(f"steps must be an integer between 1 and {limit}, got {steps!r}")
@@ -184,20 +186,35 @@ def _advance(scheduler, eps: torch.Tensor, t: torch.Tensor, x: torch.Tensor, ste
     return x0 if is_last and x0 is not None else out.prev_sample
 
 
+def _shared_timesteps(video_ts: torch.Tensor, audio_ts: torch.Tensor, steps: int) -> None:
+    # One model call per step evaluates both streams at one timestep, so their plans must agree.
+    # They do whenever both schedules have the same T: every plan's timesteps depend on T and steps only.
+    if len(video_ts) != steps or not torch.equal(video_ts, audio_ts):
+        raise ValueError("the video and audio schedules give different timesteps; they need the same "
+                         "num_train_timesteps to be sampled together")
+
+
 def _run(
-    make_plan: Callable[[NoiseSchedule, int], SchedulerPlan],
+    make_plan: Callable[[Schedule, int], SchedulerPlan],
     denoiser: Denoiser,
     noise: AV,
-    schedule: NoiseSchedule,
+    schedule: Schedule,
     steps: int,
     generator: torch.Generator,
     callback: StepCallback | None,
+    audio_schedule: Schedule | None = None,
 ) -> AV:
-    """The one sampling loop. Returns a new AV in the noise's dtype; ``noise`` is never modified."""
+    """The one sampling loop. Returns a new AV in the noise's dtype; ``noise`` is never modified.
+
+    ``schedule`` is the video stream's noise process and, unless ``audio_schedule`` is given, the
+    audio stream's too (models whose two branches were trained on different processes, e.g. MMG).
+    """
+    audio_schedule = schedule if audio_schedule is None else audio_schedule
     _check_steps(steps, schedule)
+    _check_steps(steps, audio_schedule)
     _check_inputs(noise, generator)
-    (video_sched, timesteps), (audio_sched, audio_ts) = make_plan(schedule, steps), make_plan(schedule, steps)
-    assert torch.equal(timesteps, audio_ts) and len(timesteps) == steps, "streams must share timesteps"
+    (video_sched, timesteps), (audio_sched, audio_ts) = make_plan(schedule, steps), make_plan(audio_schedule, steps)
+    _shared_timesteps(timesteps, audio_ts, steps)
 
     model_dtype, device, batch = noise.video.dtype, noise.video.device, noise.batch_size
     work_dtype = torch.promote_types(model_dtype, torch.float32)  # scheduler math in >= float32
@@ -205,10 +222,12 @@ def _run(
     # so no draw ever falls back to the global RNG. UniPC's step takes none and draws nothing.
     takes_generator = "generator" in inspect.signature(video_sched.step).parameters
     step_kwargs = {"generator": generator} if takes_generator else {}
-    alphas_cumprod = schedule.alphas_cumprod() if callback is not None else None
+    alphas_cumprod = (AV(video=schedule.alphas_cumprod(), audio=audio_schedule.alphas_cumprod())
+                      if callback is not None else None)
 
-    init_sigma = float(video_sched.init_noise_sigma)
-    x = noise.map(lambda n: n.to(work_dtype) * init_sigma)  # a new tensor: the input stays untouched
+    # New tensors: the input stays untouched. (Euler starts at sigma_max, which differs per schedule.)
+    x = AV(video=noise.video.to(work_dtype) * float(video_sched.init_noise_sigma),
+           audio=noise.audio.to(work_dtype) * float(audio_sched.init_noise_sigma))
     for i, t in enumerate(timesteps):
         model_in = AV(
             video=video_sched.scale_model_input(x.video, t), audio=audio_sched.scale_model_input(x.audio, t)
@@ -227,34 +246,39 @@ def _run(
     return x.map(lambda v: v.to(model_dtype))
 
 
-def sample_ddpm(denoiser: Denoiser, noise: AV, schedule: NoiseSchedule, *, steps: int,
-                generator: torch.Generator, callback: StepCallback | None = None) -> AV:
+def sample_ddpm(denoiser: Denoiser, noise: AV, schedule: Schedule, *, steps: int,
+                generator: torch.Generator, callback: StepCallback | None = None,
+    audio_schedule: Schedule | None = None) -> AV:
     """Ancestral DDPM (Ho et al. 2020, Algorithm 2) over a strided subset of the training timesteps."""
-    return _run(_ddpm_plan, denoiser, noise, schedule, steps, generator, callback)
+    return _run(_ddpm_plan, denoiser, noise, schedule, steps, generator, callback, audio_schedule)
 
 
-def sample_ddim(denoiser: Denoiser, noise: AV, schedule: NoiseSchedule, *, steps: int,
-                generator: torch.Generator, callback: StepCallback | None = None) -> AV:
+def sample_ddim(denoiser: Denoiser, noise: AV, schedule: Schedule, *, steps: int,
+                generator: torch.Generator, callback: StepCallback | None = None,
+    audio_schedule: Schedule | None = None) -> AV:
     """Deterministic DDIM, eta = 0 (Song et al. 2021, eq. 12)."""
-    return _run(_ddim_plan, denoiser, noise, schedule, steps, generator, callback)
+    return _run(_ddim_plan, denoiser, noise, schedule, steps, generator, callback, audio_schedule)
 
 
-def sample_dpmpp_2m(denoiser: Denoiser, noise: AV, schedule: NoiseSchedule, *, steps: int,
-                    generator: torch.Generator, callback: StepCallback | None = None) -> AV:
+def sample_dpmpp_2m(denoiser: Denoiser, noise: AV, schedule: Schedule, *, steps: int,
+                    generator: torch.Generator, callback: StepCallback | None = None,
+    audio_schedule: Schedule | None = None) -> AV:
     """DPM-Solver++(2M), multistep second order in data prediction (Lu et al. 2022, Algorithm 2)."""
-    return _run(_dpmpp_2m_plan, denoiser, noise, schedule, steps, generator, callback)
+    return _run(_dpmpp_2m_plan, denoiser, noise, schedule, steps, generator, callback, audio_schedule)
 
 
-def sample_unipc(denoiser: Denoiser, noise: AV, schedule: NoiseSchedule, *, steps: int,
-                 generator: torch.Generator, callback: StepCallback | None = None) -> AV:
+def sample_unipc(denoiser: Denoiser, noise: AV, schedule: Schedule, *, steps: int,
+                 generator: torch.Generator, callback: StepCallback | None = None,
+    audio_schedule: Schedule | None = None) -> AV:
     """UniPC, order-2 predictor-corrector, bh2 (Zhao et al. 2023, Algorithms 1-2)."""
-    return _run(_unipc_plan, denoiser, noise, schedule, steps, generator, callback)
+    return _run(_unipc_plan, denoiser, noise, schedule, steps, generator, callback, audio_schedule)
 
 
-def sample_euler(denoiser: Denoiser, noise: AV, schedule: NoiseSchedule, *, steps: int,
-                 generator: torch.Generator, callback: StepCallback | None = None) -> AV:
+def sample_euler(denoiser: Denoiser, noise: AV, schedule: Schedule, *, steps: int,
+                 generator: torch.Generator, callback: StepCallback | None = None,
+    audio_schedule: Schedule | None = None) -> AV:
     """Euler on the probability-flow ODE in sigma (Karras et al. 2022, Algorithm 1 without churn)."""
-    return _run(_euler_plan, denoiser, noise, schedule, steps, generator, callback)
+    return _run(_euler_plan, denoiser, noise, schedule, steps, generator, callback, audio_schedule)
 
 
 SAMPLERS: dict[str, Callable[..., AV]] = {
@@ -265,7 +289,7 @@ SAMPLERS: dict[str, Callable[..., AV]] = {
     "euler": sample_euler,
 }
 
-_PLANS: dict[str, Callable[[NoiseSchedule, int], SchedulerPlan]] = {
+_PLANS: dict[str, Callable[[Schedule, int], SchedulerPlan]] = {
     "ddpm": _ddpm_plan,
     "ddim": _ddim_plan,
     "dpmpp_2m": _dpmpp_2m_plan,
@@ -285,20 +309,25 @@ def _check_name(name: str) -> str:
     return name
 
 
-def sampler_timesteps(name: str, schedule: NoiseSchedule, steps: int) -> torch.Tensor:
+def sampler_timesteps(name: str, schedule: Schedule, steps: int) -> torch.Tensor:
     """The model timesteps sampler ``name`` evaluates at, in order, shape (steps,)."""
     _check_name(name)
     _check_steps(steps, schedule)
     return _PLANS[name](schedule, steps)[1]
 
 
-def sample(name: str, denoiser: Denoiser, noise: AV, schedule: NoiseSchedule, *, steps: int,
-           generator: torch.Generator, callback: StepCallback | None = None) -> AV:
+def sample(name: str, denoiser: Denoiser, noise: AV, schedule: Schedule, *, steps: int,
+           generator: torch.Generator, callback: StepCallback | None = None,
+           audio_schedule: Schedule | None = None) -> AV:
     """Run sampler ``name`` (one of ``sampler_names()``) from ``noise`` (unit Gaussian, both streams).
+
+    ``schedule`` is the noise process of both streams, or of the video only when ``audio_schedule``
+    is given (the streams must have the same number of training timesteps).
 
     Returns a new AV with the noise's shapes, device and dtype. Exceptions raised by ``callback``
     (e.g. a user interrupt) propagate unchanged. Runs in the caller's grad mode (gradient guidance
     needs autograd); wrap plain generation in ``torch.inference_mode()``.
     """
     sampler = SAMPLERS[_check_name(name)]
-    return sampler(denoiser, noise, schedule, steps=steps, generator=generator, callback=callback)
+    return sampler(denoiser, noise, schedule, steps=steps, generator=generator, callback=callback,
+                   audio_schedule=audio_schedule)

@@ -44,7 +44,7 @@ from ..mmg_core.mmg_pipeline import (
     video_config_beside,
     video_latents_for_vae,
 )
-from ..mmg_core.mmg_sampling import LvdmSchedule
+from ..mmg_core.mmg_sampling import SAMPLER_NAMES, LvdmSchedule, check_sampler
 from ..mmg_core.models.mmg_coupled import MMGConfig
 from ..mmg_core.vocoder import PRESETS, WEIGHT_SUFFIXES, HiFiGAN, find_vocoder_files, load_hifigan
 from .models import DTYPES, FOLDER as MMG_FOLDER, choose_dtype
@@ -333,7 +333,7 @@ class MMGCoupledSampler(io.ComfyNode):
             node_id="MMGCoupledSampler",
             display_name="MMG Sampler (VideoCrafter2 + Auffusion)",
             category="MMG/sampling",
-            description="Joint DDIM over video and audio (VideoCrafter2's schedule with its scale_arr for the video, "
+            description="Joint sampling of video and audio (VideoCrafter2's schedule with its scale_arr for the video, "
                         "Auffusion's for the audio), with classifier-free guidance per modality.",
             inputs=[
                 CoupledModelType.Input("model", tooltip="From 'MMG Load VideoCrafter2 + Auffusion'."),
@@ -361,6 +361,11 @@ class MMGCoupledSampler(io.ComfyNode):
                              tooltip="Frame rate the video U-Net is conditioned on. MMG's clips play at 12.5 fps and "
                                      "its inference passes int(12.5) = 12."),
                 io.Int.Input("batch_size", default=1, min=1, max=16, tooltip="Clips sampled together."),
+                # Last of the widgets, so workflows saved before it existed keep their widget values.
+                io.Combo.Input("sampler_name", options=list(SAMPLER_NAMES), default="ddim",
+                               tooltip="ddim: MMG's own sampler (VideoCrafter2's DDIM with its scale_arr). The others are "
+                                       "the pack's joint solvers on the same noise processes (ddpm is ancestral: "
+                                       "it draws fresh noise from the seed every step)."),
                 io.Conditioning.Input("audio_negative", optional=True,
                                       tooltip="Negative audio prompt; leave empty for zeros, MMG's and Auffusion's "
                                               "unconditional audio input."),
@@ -371,9 +376,10 @@ class MMGCoupledSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model: CoupledModel, video_positive, video_negative, audio_positive, seed: int, steps: int,
                 video_cfg: float, audio_cfg: float, modality_scale: float, width: int, height: int, frames: int,
-                fps: int, batch_size: int, audio_negative=None) -> io.NodeOutput:
+                fps: int, batch_size: int, sampler_name: str = "ddim", audio_negative=None) -> io.NodeOutput:
         if not isinstance(model, CoupledModel):
             raise ValueError("model must come from 'MMG Load VideoCrafter2 + Auffusion'")
+        check_sampler(sampler_name)
         for name, value, low, high in (("steps", steps, 1, 1000), ("batch_size", batch_size, 1, 16),
                                        ("video_cfg", video_cfg, 0, 30), ("audio_cfg", audio_cfg, 0, 30),
                                        ("modality_scale", modality_scale, 0, 10), ("fps", fps, 1, 60)):
@@ -388,7 +394,8 @@ class MMGCoupledSampler(io.ComfyNode):
             conditioning_states(video_positive, "video_positive")[0], conditioning_states(video_negative, "video_negative")[0],
             audio_states[0], audio_states[1] if len(audio_states) > 1 else None, batch_size,
         )
-        settings = MMGSettings(steps=steps, audio_cfg=audio_cfg, video_cfg=video_cfg, modality=modality_scale, fps=fps)
+        settings = MMGSettings(steps=steps, audio_cfg=audio_cfg, video_cfg=video_cfg, modality=modality_scale, fps=fps,
+                               sampler=sampler_name)
         mm.throw_exception_if_processing_interrupted()
         network = model.load()
         audio_latents, video_latents = generate_mmg(network, conditions, size, settings, video_schedule=model.schedule,

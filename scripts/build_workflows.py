@@ -202,7 +202,7 @@ def videocrafter2_auffusion() -> tuple[str, list[Node], str]:
         Node(6, "MMGAudioTextEncode", "Audio prompt", {"text": MMG_AUDIO_PROMPT}, {"clip": clip_l}, size=(400, 160)),
         Node(7, "MMGCoupledSampler", "Joint audio-video sampler (DDIM)",
              {"seed": 42, "steps": 25, "video_cfg": 12.0, "audio_cfg": 7.5, "modality_scale": 0.0, "width": 512,
-              "height": 320, "frames": 40, "fps": 12, "batch_size": 1},
+              "height": 320, "frames": 40, "fps": 12, "batch_size": 1, "sampler_name": "ddim"},
              {"model": model, "video_positive": (4, 0, "CONDITIONING"), "video_negative": (5, 0, "CONDITIONING"),
               "audio_positive": (6, 0, "CONDITIONING")}, seed_control="randomize", size=(340, 420)),
         Node(8, "MMGVocoderLoader", "Load vocoder (Auffusion's HiFi-GAN)",

@@ -446,6 +446,29 @@ class ComfyServer:
         assert_success(entry, self.log_tail(40))
         return entry
 
+    def run_uncached(self, prompt: Mapping, node_id: str, timeout: float = 300.0,
+                     ws: "WsListener | None" = None, attempts: int = 5) -> dict:
+        """Run ``prompt`` so that node ``node_id`` really executes instead of coming from the cache.
+
+        ``/free`` only sets a flag that the prompt worker reads *between* prompts, so a re-queue sent
+        right after it can still be served from the cache. Retry (freeing again) until the history
+        entry does not list the node as cached. With ``ws``, also wait for the prompt's
+        ``execution_success`` message: websocket frames (previews) may still be in flight when
+        /history already reports the prompt done, and that message is sent after all of them.
+        """
+        for _ in range(attempts):
+            self.free()
+            prompt_id = self.queue(prompt, client_id=ws.client_id if ws is not None else None)
+            entry = self.wait(prompt_id, timeout)
+            assert_success(entry, self.log_tail(40))
+            cached = {node for _, data in status_messages(entry, "execution_cached") for node in data.get("nodes", [])}
+            if str(node_id) in cached:
+                continue
+            if ws is not None:
+                ws.wait_event("execution_success", timeout=60, prompt_id=prompt_id)
+            return entry
+        raise AssertionError(f"node {node_id} was served from ComfyUI's cache {attempts} times despite /free")
+
     def view_bytes(self, filename: str, subfolder: str = "", type: str = "output") -> bytes:
         """GET /view: the bytes of an output/temp/input file."""
         response = self._request("GET", "/view",

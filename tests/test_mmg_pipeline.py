@@ -18,14 +18,12 @@ from mmg_core.auffusion_text import (
     find_adapter_folder,
     load_condition_adapter,
 )
-from mmg_core.compat.mmg import config_from_reference
 from mmg_core.mmg_loading import MMGLoadError
 from mmg_core.mmg_pipeline import (
     ClipSize,
     MMGSettings,
     PrecisionCast,
     audio_latents_for_vae,
-    conditions_from_states,
     frames_per_second,
     generate_mmg,
     read_auffusion_vae,
@@ -36,26 +34,14 @@ from mmg_core.mmg_pipeline import (
 from mmg_core.mmg_sampling import MMGConditions, guided_eps
 from mmg_core.models.mmg_coupled import MMGCoupledUNet
 from mmg_core.vocoder import WeightFileError
+from mmg_tiny import tiny_conditions, tiny_coupled_model
 
-TINY = Path(__file__).parent / "fixtures" / "mmg" / "tiny"
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.filterwarnings("ignore::FutureWarning")]
 
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    torch.manual_seed(0)
-    model = MMGCoupledUNet(config_from_reference(json.loads((TINY / "config.json").read_text()))).eval()
-    with torch.no_grad():  # fresh couplers are the identity: make them do something
-        for cmt in (*model.audio_cmt, *model.video_cmt):
-            cmt.proj_out.weight.normal_(0, 0.05)
-    return model
-
-
-def tiny_conditions(model, batch=1, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    video_width, audio_width = model.config.video.context_dim, model.config.audio.cross_attention_dim
-    return conditions_from_states(torch.randn(1, 77, video_width, generator=g), torch.randn(1, 77, video_width, generator=g),
-                                  torch.randn(1, 77, audio_width, generator=g), None, batch)
+    return tiny_coupled_model()
 
 
 # ----- Auffusion's adapter and prompt padding ----------------------------------------------------

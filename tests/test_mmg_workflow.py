@@ -251,3 +251,28 @@ def test_shipped_workflow_writes_an_mp4_with_video_and_audio(server, tmp_path):
 def test_bad_size_is_a_clear_execution_error(server):
     error = execution_error(server.wait(server.queue(small_prompt(width=100)), timeout=300))
     assert error is not None and "width must be a positive multiple of 64" in error["exception_message"]
+
+
+def loader_inputs(prompt: dict) -> dict:
+    return next(node["inputs"] for node in prompt.values() if node["class_type"] == "MMGCoupledLoader")
+
+
+def test_a_joint_solver_samples_through_the_shipped_graph(server, tmp_path):
+    """dpmpp_2m instead of MMG's DDIM: the pack's joint solvers on VideoCrafter2's scaled process."""
+    entry = server.run(small_prompt(seed=8, sampler_name="dpmpp_2m", steps=3), timeout=600)
+    assert [item for item in output_files(entry) if item.filename.endswith(".mp4")], entry["outputs"]
+
+
+@pytest.mark.parametrize("offload", ["unload_after_sampling", "cpu"])
+def test_offload_modes_sample_without_errors(server, offload):
+    prompt = small_prompt(seed=9, steps=2)
+    loader_inputs(prompt)["offload"] = offload
+    log_before = len(server.log_text())
+    entry = server.run(prompt, timeout=600)
+    assert [item for item in output_files(entry) if item.filename.endswith(".mp4")], entry["outputs"]
+    assert "Traceback" not in server.log_text()[log_before:]
+
+
+def test_unknown_sampler_is_a_clear_execution_error(server):
+    error = execution_error(server.wait(server.queue(small_prompt(sampler_name="heun")), timeout=300))
+    assert error is not None and "dpmpp_2m" in error["exception_message"]
