@@ -22,6 +22,8 @@ from mmg_core.sync import (
 )
 from mmg_core.sync import backbones
 from mmg_core.sync.backbones import TRAIN_AUDIO_COMMAND, AudioNetConfig
+from mmg_core.sync.camsync import video_events
+from mmg_core.sync.gradcam import cam_level_db, smear, turn_back_maps
 from mmg_core.weights import WeightsMismatchError
 from mmg_core.world import WorldConfig, make_spec, render_clip
 from sync_stand_ins import LoudnessNet
@@ -156,6 +158,86 @@ def test_video_cam_heatmap_follows_a_moving_object(frame_net):
     assert np.all(result.energy >= 0) and result.energy.max() > 0
 
 
+def moving_square(path: list[int], size: int = 48, side: int = 8) -> torch.Tensor:
+    """(F, 3, H, W) a grey square on black whose left edge is at ``path[f]`` (pixels) in frame f."""
+    video = torch.full((len(path), 3, size, size), -1.0)
+    for frame, left in enumerate(path):
+        video[frame, :, 20: 20 + side, left: left + side] = 0.5
+    return video
+
+
+def test_turn_back_peaks_on_the_frame_where_motion_reverses():
+    # Right 4 px a frame for frames 0-5, back left from frame 6: frame 5 is the "bounce".
+    path = [4 * f for f in range(6)] + [20 - 4 * f for f in range(1, 5)]
+    per_frame = turn_back_maps(moving_square(path)).mean((1, 2))
+    assert int(per_frame.argmax()) == 5
+    steady = [f for f in range(len(path)) if f not in (5,)]
+    assert torch.all(per_frame[steady] == 0), "a square moving steadily (wider than its step) never turns back"
+    assert per_frame[0] == 0 and per_frame[-1] == 0  # no neighbour on one side
+    still = turn_back_maps(moving_square([10] * 6))
+    assert torch.all(still == 0)
+
+
+def test_video_cam_turn_back_energy_marks_the_reversal(frame_net):
+    path = [4 * f for f in range(6)] + [20 - 4 * f for f in range(1, 5)]
+    result = video_cam(frame_net, moving_square(path), fps=10)
+    assert result.turn_back.shape == result.energy.shape == (10,)
+    assert int(np.argmax(result.turn_back)) == 5 and np.all(result.turn_back >= 0)
+
+
+def test_turn_back_removes_the_falling_ball_lead():
+    """A ball is dropped (motion appears), falls faster for 8 frames, bounces (heard then) and slows
+    on the way up: the motion onsets all come before the sound, the turn-back is on the bounce."""
+    fps, bounces = 25.0, (12, 40, 58, 90)
+    motion, turn_back, audio = np.zeros(120), np.zeros(120), np.zeros(120)
+    for bounce in bounces:
+        motion[bounce - 8: bounce + 1] = np.linspace(0.2, 1.0, 9)  # dropped, then speeding up
+        motion[bounce + 1: bounce + 9] = np.linspace(0.9, 0.1, 8)  # slowing on the way up
+        turn_back[bounce] = 1.0
+        audio[bounce] = 1.0
+    lead = sync_energies(motion, fps, audio, fps, duration_s=120 / fps)
+    assert lead.offset_s == pytest.approx(8 / fps, abs=0.5 / fps)  # onsets alone: the drop, 8 frames early
+    fixed = sync_energies(motion, fps, audio, fps, duration_s=120 / fps, video_turn_back=turn_back)
+    assert fixed.offset_s == pytest.approx(0.0, abs=0.5 / fps), fixed.summary()
+    events = video_events(motion, turn_back)
+    onsets = np.maximum(np.diff(motion, prepend=motion[:1]), 0.0)
+    assert np.allclose(events, np.maximum(onsets / onsets.std(), turn_back / turn_back.std()))
+    assert np.array_equal(video_events(motion), onsets) and np.array_equal(video_events(motion, 0 * motion),
+                                                                           onsets / onsets.std())
+
+
+def test_audio_energy_is_the_db_level_of_the_cam_weighted_power():
+    flat = torch.ones(4, 5)
+    power = torch.tensor([1.0, 2.0, 4.0, 8.0, 1e-9])[None].expand(4, 5)
+    level = cam_level_db(flat, power)
+    assert np.allclose(np.diff(level[:4]), 10 * math.log10(2), atol=1e-3)  # doubling the power: +3 dB
+    assert level.min() == 0.0 and level[4] == 0.0 and level[0] == pytest.approx(50 - 10 * math.log10(8), abs=1e-3)
+    half = cam_level_db(flat * torch.tensor([1.0, 0.5, 1, 1])[:, None], power)  # CAM weight halves one bin
+    assert np.all(half <= level + 1e-9)
+    assert np.array_equal(cam_level_db(torch.zeros(4, 5), power), np.zeros(5))  # nothing looked at: flat
+    assert np.array_equal(cam_level_db(flat, torch.zeros(4, 5)), np.zeros(5))  # silence: flat
+
+
+def test_audio_cam_energy_rises_with_loudness_and_ignores_gain():
+    rate, step = 16000, 8000  # a 440 Hz tone whose amplitude triples every 0.5 s
+    seconds = torch.arange(4 * step) / rate
+    amplitude = torch.tensor([0.01, 0.03, 0.09, 0.27]).repeat_interleave(step)
+    tone = amplitude * torch.sin(2 * math.pi * 440 * seconds)
+    net = LoudnessNet().eval()
+    result = audio_cam(net, tone, rate)
+    levels = [float(np.median(result.energy[25 + 50 * k: 45 + 50 * k])) for k in range(4)]  # inside each step
+    assert all(b > a + 5 for a, b in zip(levels, levels[1:])), levels  # 9.5 dB louder each step
+    louder = audio_cam(net, 3 * tone, rate)
+    np.testing.assert_allclose(louder.energy, result.energy, atol=1e-3)  # a level relative to the clip's own
+
+
+def test_audio_heatmap_is_smeared_over_the_frames_each_cam_step_pooled():
+    cam = torch.arange(6.0).reshape(2, 3)
+    spread = smear(cam, (8, 12))  # 4 mel bins and 4 frames per cell
+    assert spread.shape == (8, 12)
+    assert torch.equal(spread, cam.repeat_interleave(4, 0).repeat_interleave(4, 1))
+
+
 def test_audio_cam_at_any_sample_rate():
     torch.manual_seed(0)
     net = AudioEventNet().eval()
@@ -165,6 +247,7 @@ def test_audio_cam_at_any_sample_rate():
     assert result.log_mel.shape == result.heatmap.shape == (64, 200) and result.energy.shape == (200,)
     assert result.frames_per_second == 100.0 and 0 <= result.top_class < 8
     assert float(result.heatmap.max()) == pytest.approx(1.0)
+    assert result.energy.min() == 0.0 and np.all(np.isfinite(result.energy))  # dB above the clip's quietest frame
 
 
 # ----------------------------------------------------------------------------------------------

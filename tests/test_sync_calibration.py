@@ -16,7 +16,7 @@ from mmg_core.sync.backbones import DEFAULT_AUDIO_CLASSIFIER
 from mmg_core.sync.calibration import (
     Film, av_align_offset, segment_starts, summarise_real, summarise_synthetic, synthetic_calibration, verdicts,
 )
-from mmg_core.sync.gradcam import motion_maps, shot_cuts
+from mmg_core.sync.gradcam import motion_maps, shot_cuts, turn_back_maps
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -74,6 +74,11 @@ def test_shot_cut_is_held_not_counted_as_motion():
     assert shot_cuts(raw).nonzero().flatten().tolist() == [7]
     assert raw[7] > 10 * raw[6] and held[7] == pytest.approx(float(held[6]))
     assert torch.equal(held[:7], raw[:7]) and torch.equal(held[8:], raw[8:])
+    turn_raw = turn_back_maps(video).mean((1, 2))
+    turn_held = turn_back_maps(video, hold_cuts=True).mean((1, 2))
+    assert turn_raw[6] > 10 * turn_raw[5]  # the cut's change against the frame before it ...
+    assert turn_held[6] == turn_held[7] == pytest.approx(float(turn_held[5]))  # ... is no reversal
+    assert torch.equal(turn_held[:6], turn_raw[:6]) and torch.equal(turn_held[8:], turn_raw[8:])
 
 
 def fake_real_segments(offsets0: list[float], rolls=(-0.4, 0.4), error: float = 0.0) -> list[dict]:
@@ -109,9 +114,6 @@ def test_synthetic_summary_and_verdicts():
 
 
 @pytest.mark.skipif(not DEFAULT_AUDIO_CLASSIFIER.is_file(), reason="the shipped audio classifier is not trained yet")
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 4 is open: on slow ball scenes the motion energy rises while the ball falls, ~0.3 s before the "
-    "bounce is heard, so CAM-Sync reads the audio as late (eval/sync_calibration/report.md)"))
 def test_shipped_classifier_tracks_synthetic_shifts():
     """Truth known: a few world clips per event scene, audio shifted by 1-5 frames either way."""
     from mmg_core.sync import load_audio_classifier

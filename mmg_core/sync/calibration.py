@@ -36,10 +36,10 @@ from einops import rearrange, reduce
 
 from .backbones import DEFAULT_FRAME_SIZE, SyncModels, load_sync_models
 from .camsync import (
-    DEFAULT_MAX_LAG_S, OFFSET_CONVENTION, audio_onset_times, av_align_score, cam_sync, centred_start, flow_speed,
-    local_maxima, loudness_envelope, sync_energies,
+    DEFAULT_MAX_LAG_S, OFFSET_CONVENTION, SyncResult, audio_onset_times, av_align_score, cam_sync, centred_start,
+    flow_speed, local_maxima, loudness_envelope, sync_energies,
 )
-from .gradcam import VideoCam, audio_cam, motion_maps, video_cam
+from .gradcam import AudioCam, VideoCam, audio_cam, motion_maps, video_cam
 
 METHODS = ("cam_sync", "av_align", "onset_sync")
 REAL_ROLLS_S = (-0.8, -0.4, -0.2, 0.2, 0.4, 0.8)
@@ -95,22 +95,54 @@ def av_align_offset(onsets_s: Sequence[float], peaks: Sequence[int], fps: float,
     return float(lags[nearest].mean()) / fps
 
 
+@dataclass(frozen=True)
+class SoundAnalysis:
+    """What each method needs of an audio track; it depends on the track alone, so a track compared
+    with many pictures (the shuffled pairings) is analysed once."""
+
+    cam: AudioCam
+    loudness: np.ndarray  # (frames,) the onset baseline's audio energy
+    loudness_rate: float
+    onsets_s: tuple[float, ...]  # AV-Align's audio events
+
+
+def analyse_sound(models: SyncModels, audio: torch.Tensor, sample_rate: int) -> SoundAnalysis:
+    """audio (C, T) or (T,) in [-1, 1]."""
+    loudness, loudness_rate = loudness_envelope(audio, sample_rate)
+    return SoundAnalysis(cam=audio_cam(models.audio, audio, sample_rate), loudness=loudness,
+                         loudness_rate=loudness_rate, onsets_s=tuple(audio_onset_times(audio, sample_rate)))
+
+
+def _correlations(picture: PictureAnalysis, sound: SoundAnalysis, max_lag_s: float) -> dict[str, SyncResult]:
+    """CAM-Sync and the onset baseline of one picture with one track."""
+    cam = cam_sync(picture.cam, sound.cam, duration_s=picture.duration_s, max_lag_s=max_lag_s)
+    onset = sync_energies(picture.motion, picture.fps, sound.loudness, sound.loudness_rate,
+                          duration_s=picture.duration_s, audio_start_s=centred_start(sound.loudness_rate),
+                          max_lag_s=max_lag_s)
+    return {"cam_sync": cam, "onset_sync": onset}
+
+
+def lag0_scores(picture: PictureAnalysis, sound: SoundAnalysis, max_lag_s: float) -> dict[str, float]:
+    """{method: score at lag 0}: all the shuffled pairings need (AV-Align's lag search is skipped)."""
+    scores = {name: result.score_at_0 for name, result in _correlations(picture, sound, max_lag_s).items()}
+    return {**scores, "av_align": av_align_score(sound.onsets_s, picture.flow_peaks, picture.fps)}
+
+
+def compare(picture: PictureAnalysis, sound: SoundAnalysis, max_lag_s: float = DEFAULT_MAX_LAG_S) -> dict[str, dict]:
+    """{method: {"offset_s", "score_at_0", "reason"}} for one analysed track against one picture."""
+    results = {name: {"offset_s": r.offset_s, "score_at_0": r.score_at_0, "reason": r.reason}
+               for name, r in _correlations(picture, sound, max_lag_s).items()}
+    aligned = av_align_offset(sound.onsets_s, picture.flow_peaks, picture.fps, picture.duration_s, max_lag_s)
+    results["av_align"] = {
+        "offset_s": aligned, "score_at_0": av_align_score(sound.onsets_s, picture.flow_peaks, picture.fps),
+        "reason": None if math.isfinite(aligned) else "no audio onset matches a motion peak at any lag"}
+    return results
+
+
 def estimate_offsets(models: SyncModels, picture: PictureAnalysis, audio: torch.Tensor, sample_rate: int,
                      max_lag_s: float = DEFAULT_MAX_LAG_S) -> dict[str, dict]:
     """{method: {"offset_s", "score_at_0", "reason"}} for one audio track against one picture."""
-    sound = audio_cam(models.audio, audio, sample_rate)
-    cam = cam_sync(picture.cam, sound, duration_s=picture.duration_s, max_lag_s=max_lag_s)
-    loudness, loudness_rate = loudness_envelope(audio, sample_rate)
-    onset = sync_energies(picture.motion, picture.fps, loudness, loudness_rate, duration_s=picture.duration_s,
-                          audio_start_s=centred_start(loudness_rate), max_lag_s=max_lag_s)
-    onsets = audio_onset_times(audio, sample_rate)
-    aligned = av_align_offset(onsets, picture.flow_peaks, picture.fps, picture.duration_s, max_lag_s)
-    return {
-        "cam_sync": {"offset_s": cam.offset_s, "score_at_0": cam.score_at_0, "reason": cam.reason},
-        "onset_sync": {"offset_s": onset.offset_s, "score_at_0": onset.score_at_0, "reason": onset.reason},
-        "av_align": {"offset_s": aligned, "score_at_0": av_align_score(onsets, picture.flow_peaks, picture.fps),
-                     "reason": None if math.isfinite(aligned) else "no audio onset matches a motion peak at any lag"},
-    }
+    return compare(picture, analyse_sound(models, audio, sample_rate), max_lag_s)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -206,28 +238,27 @@ def synthetic_calibration(models: SyncModels, *, clips_per_scene: int = 16, seed
         records.append({"scene": spec.scene, "tempo": spec.tempo, "pitch": spec.pitch, "offsets": offsets})
         pictures.append(picture)
         tracks.append(window(0))
-    pair_wins = shuffled_pairings(models, pictures, tracks, config.sample_rate, max_lag_s)
+    pair_wins = shuffled_pairings(pictures, [analyse_sound(models, t, config.sample_rate) for t in tracks], max_lag_s)
     return {"clips": records, "summary": summarise_synthetic(records, pair_wins, fps),
             "setup": {"fps": fps, "frames": frames, "size": config.size, "sample_rate": config.sample_rate,
                       "clips_per_scene": clips_per_scene, "scenes": list(SYNTHETIC_SCENES), "seed": seed,
                       "shifts_s": [s / fps for s in shifts]}}
 
 
-def shuffled_pairings(models: SyncModels, pictures: list[PictureAnalysis], tracks: list[torch.Tensor],
-                      sample_rate: int, max_lag_s: float) -> dict[str, tuple[int, int]]:
+def shuffled_pairings(pictures: list[PictureAnalysis], sounds: list[SoundAnalysis],
+                      max_lag_s: float) -> dict[str, tuple[int, int]]:
     """(wins, comparisons) per method: picture i with its own sound against picture i with every other
     clip's sound, judged by the lag-0 score (an unsynchronizable true pairing loses)."""
-    scores = [[estimate_offsets(models, picture, track, sample_rate, max_lag_s) for track in tracks]
-              for picture in pictures]
+    scores = [[lag0_scores(picture, sound, max_lag_s) for sound in sounds] for picture in pictures]
     wins = {}
     for method in METHODS:
         won = compared = 0
         for i in range(len(pictures)):
-            true = scores[i][i][method]["score_at_0"]
-            for j in range(len(tracks)):
+            true = scores[i][i][method]
+            for j in range(len(sounds)):
                 if j == i:
                     continue
-                other = scores[i][j][method]["score_at_0"]
+                other = scores[i][j][method]
                 compared += 1
                 won += _finite(true) and (not _finite(other) or true > other)
         wins[method] = (won, compared)

@@ -2,7 +2,9 @@
 
 CAM-Sync: a video energy per frame and an audio energy per audio frame (gradcam.py) are put on one
 25 Hz timeline, turned into onset form (positive differences), z-scored, and cross-correlated over
-lags up to +-2 s (at most half the clip, so every lag compares at least half of it). Reported:
+lags up to +-2 s (at most half the clip, so every lag compares at least half of it). The video side's
+event signal is, per step, the larger of the motion onsets and VideoCAM's turn-back energy (motion
+reversing: an impact), each divided by its own std (video_events). Reported:
   score        peak normalised cross-correlation, in [-1, 1]
   offset_s     lag of the peak in seconds, refined between timeline steps by a parabola
   confidence   peak minus the median correlation over all lags
@@ -98,6 +100,26 @@ def onset_form(signal: np.ndarray) -> np.ndarray:
     return np.maximum(np.diff(signal, prepend=signal[:1]), 0.0)
 
 
+def _unit_std(x: np.ndarray) -> np.ndarray:
+    std = float(np.std(x))
+    return x / std if std > 0 else np.zeros_like(x)
+
+
+def video_events(timeline: np.ndarray, turn_back: np.ndarray | None = None) -> np.ndarray:
+    """The picture's event signal on the timeline: motion onsets, or per step the larger of the motion
+    onsets and the turn-back energy, each divided by its std.
+
+    Why both: motion onsets mark where movement starts (a lamp switching on, a hand starting to
+    strike), turn-back marks where it reverses (a ball bouncing: its motion rises all the way down,
+    so the onset comes before the sound). Dividing each by its std puts them on one scale whatever
+    the units; the max keeps whichever event the step has without adding a step's two views twice.
+    """
+    onsets = onset_form(timeline)
+    if turn_back is None:
+        return onsets
+    return np.maximum(_unit_std(onsets), _unit_std(turn_back))
+
+
 def _flatness(timeline: np.ndarray, onsets: np.ndarray) -> bool:
     return float(np.std(onsets)) <= FLAT_RELATIVE * float(np.mean(np.abs(timeline))) + FLAT_ABSOLUTE
 
@@ -150,22 +172,31 @@ def correlate_onsets(audio_onsets: np.ndarray, video_onsets: np.ndarray, rate: f
 def sync_energies(
     video_energy, video_rate: float, audio_energy, audio_rate: float, *, duration_s: float,
     video_start_s: float = 0.0, audio_start_s: float = 0.0, rate: float = TIMELINE_RATE,
-    max_lag_s: float = DEFAULT_MAX_LAG_S,
+    max_lag_s: float = DEFAULT_MAX_LAG_S, video_turn_back=None,
 ) -> SyncResult:
-    """Correlate any video and audio energy (each piecewise constant from its start, see module doc)."""
+    """Correlate any video and audio energy (each piecewise constant from its start, see module doc).
+
+    ``video_turn_back`` (optional, per video frame like ``video_energy``) joins the motion onsets in
+    the video's event signal (video_events); flatness is judged on the motion energy alone.
+    """
     if not duration_s * rate >= MIN_TIMELINE_STEPS:
         steps = f"{MIN_TIMELINE_STEPS} steps of 1/{rate:g} s"
         return unsynchronizable(f"clip of {duration_s:.3f} s is shorter than {steps}: too short to align")
-    signals = {}
+    signals, timelines = {}, {}
     for name, energy, energy_rate, start in (("video", video_energy, video_rate, video_start_s),
-                                               ("audio", audio_energy, audio_rate, audio_start_s)):
-        timeline = resample_held(energy, energy_rate, rate, duration_s, start)
-        if not np.all(np.isfinite(timeline)):
+                                               ("audio", audio_energy, audio_rate, audio_start_s),
+                                               ("turn-back", video_turn_back, video_rate, video_start_s)):
+        if energy is None:
+            continue
+        timelines[name] = resample_held(energy, energy_rate, rate, duration_s, start)
+        if not np.all(np.isfinite(timelines[name])):
             return unsynchronizable(f"{name} energy has NaN or infinite values")
-        signals[name] = onset_form(timeline)
-        if _flatness(timeline, signals[name]):
+    for name in ("video", "audio"):
+        signals[name] = onset_form(timelines[name])
+        if _flatness(timelines[name], signals[name]):
             what = "no motion where the classifier looks" if name == "video" else "silence or a steady sound"
             return unsynchronizable(f"{name} energy is flat ({what}): nothing to align")
+    signals["video"] = video_events(timelines["video"], timelines.get("turn-back"))
     return correlate_onsets(signals["audio"], signals["video"], rate, max_lag_s)
 
 
@@ -175,14 +206,15 @@ def cam_sync(video: VideoCam, audio: AudioCam, *, duration_s: float | None = Non
     duration = video.energy.size / video.fps if duration_s is None else duration_s
     return sync_energies(
         video.energy, video.fps, audio.energy, audio.frames_per_second, duration_s=duration,
-        audio_start_s=centred_start(audio.frames_per_second), max_lag_s=max_lag_s,
+        audio_start_s=centred_start(audio.frames_per_second), max_lag_s=max_lag_s, video_turn_back=video.turn_back,
     )
 
 
 def cam_onsets(video: VideoCam, audio: AudioCam, rate: float = TIMELINE_RATE) -> tuple[np.ndarray, np.ndarray]:
-    """(video, audio) onset signals on the timeline, exactly as cam_sync correlates them (for plots)."""
+    """(video events, audio onsets) on the timeline, exactly as cam_sync correlates them (for plots)."""
     duration = video.energy.size / video.fps
-    video_onsets = onset_form(resample_held(video.energy, video.fps, rate, duration))
+    turn_back = None if video.turn_back is None else resample_held(video.turn_back, video.fps, rate, duration)
+    video_onsets = video_events(resample_held(video.energy, video.fps, rate, duration), turn_back)
     start = centred_start(audio.frames_per_second)
     audio_onsets = onset_form(resample_held(audio.energy, audio.frames_per_second, rate, duration, start))
     return video_onsets, audio_onsets

@@ -7,9 +7,12 @@ batches, and only the head is differentiated, so a clip of 250 frames costs one 
 
 VideoCAM: frames -> Grad-CAM toward the clip's top class (logits averaged over all frames), maps
 normalised by their maximum over the whole clip (a frame where the class is barely visible stays
-dim), times the frame's motion |f_t - f_(t-1)| (shot cuts held, see motion_maps) -> video energy per frame.
-AudioCAM: waveform -> log-mel -> Grad-CAM toward the clip's top class, normalised over the clip,
-upsampled to the log-mel grid and summed over mel bins -> audio energy per log-mel frame.
+dim), times the frame's motion |f_t - f_(t-1)| (shot cuts held, see motion_maps) -> video energy per
+frame; and the same maps times the motion "turn-back" ReLU(-(f_t - f_(t-1)) . (f_(t+1) - f_t)) -> a
+turn-back energy per frame that peaks where motion reverses (a bounce, a hit), see turn_back_maps.
+AudioCAM: waveform -> log-mel -> Grad-CAM toward the clip's top class, normalised over the clip and
+smeared over the log-mel frames each CAM step pooled -> audio energy per log-mel frame: the level in
+dB of the CAM-weighted mel power, see cam_level_db.
 """
 
 from __future__ import annotations
@@ -92,6 +95,7 @@ class VideoCam:
     fps: float
     top_class: int
     class_name: str | None
+    turn_back: np.ndarray | None = None  # (F,) float64: mean over pixels of heatmap x turn-back (see turn_back_maps)
 
 
 def check_video(video: torch.Tensor) -> torch.Tensor:
@@ -116,6 +120,14 @@ def shot_cuts(change: torch.Tensor) -> torch.Tensor:
     return (change >= CUT_CHANGE) & (change >= CUT_TO_MEDIAN * change.median())
 
 
+def _hold(maps: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+    """``maps`` (F, H, W) with each frame flagged in ``frames`` (F,) bool replaced by the map before it
+    (0 for frame 0), in frame order so a run of flagged frames all hold the last clean one."""
+    for frame in torch.nonzero(frames).flatten().tolist():
+        maps[frame] = maps[frame - 1] if frame > 0 else 0.0
+    return maps
+
+
 def motion_maps(video: torch.Tensor, *, hold_cuts: bool = False) -> torch.Tensor:
     """(F, 3, H, W) in [-1, 1] -> (F, H, W) in [0, 1]: |f_t - f_(t-1)| averaged over channels.
 
@@ -129,9 +141,33 @@ def motion_maps(video: torch.Tensor, *, hold_cuts: bool = False) -> torch.Tensor
     change = reduce((video[1:] - video[:-1]).abs(), "f c h w -> f h w", "mean") / 2.0
     maps = torch.cat([change[:1], change])
     if hold_cuts:
-        cuts = shot_cuts(reduce(maps, "f h w -> f", "mean"))
-        for frame in torch.nonzero(cuts).flatten().tolist():
-            maps[frame] = maps[frame - 1] if frame > 0 else 0.0
+        maps = _hold(maps, shot_cuts(reduce(maps, "f h w -> f", "mean")))
+    return maps
+
+
+def turn_back_maps(video: torch.Tensor, *, hold_cuts: bool = False) -> torch.Tensor:
+    """(F, 3, H, W) in [-1, 1] -> (F, H, W) >= 0: ReLU(-(f_t - f_(t-1)) . (f_(t+1) - f_t)), the dot
+    product over channels of the half-differences (so each term is in [-1, 1] units).
+
+    Why: an impact is where motion reverses. A pixel a bouncing ball covers only at the bounce
+    brightens from t-1 to t and darkens from t to t+1: the two changes point opposite ways and the
+    map is positive on frame t, the frame the sound belongs to. Steady motion (a pixel changing the
+    same way twice, or once) gives 0; motion energy |f_t - f_(t-1)| instead rises all the way down
+    and peaks before the bounce. Frames 0 and F-1 lack a neighbour and get 0. With ``hold_cuts``,
+    a frame whose product involves a shot cut (the cut frame itself, or the frame before it) keeps
+    the previous frame's map: a new picture is no reversal of motion.
+    """
+    video = check_video(video)
+    maps = torch.zeros_like(video[:, 0])
+    if video.shape[0] < 3:
+        return maps
+    change = (video[1:] - video[:-1]) / 2.0  # (F-1, 3, H, W): change[k] = f_(k+1) - f_k
+    maps[1:-1] = F.relu(-reduce(change[:-1] * change[1:], "f c h w -> f h w", "sum"))
+    if hold_cuts:
+        mean_change = reduce(change.abs(), "f c h w -> f", "mean")
+        cuts = shot_cuts(torch.cat([mean_change[:1], mean_change]))  # per frame, as in motion_maps
+        touched = cuts | torch.cat([cuts[1:], cuts.new_zeros(1)])  # frame t uses f_(t+1) - f_t too
+        maps = _hold(maps, touched)
     return maps
 
 
@@ -159,6 +195,7 @@ def video_cam(classifier: CamClassifier, video: torch.Tensor, fps: float, *, bat
         fps=float(fps),
         top_class=top,
         class_name=_class_name(classifier, top),
+        turn_back=_weighted_energy(heatmaps, turn_back_maps(video, hold_cuts=True), batch_size),
     )
 
 
@@ -168,7 +205,7 @@ def video_cam(classifier: CamClassifier, video: torch.Tensor, fps: float, *, bat
 
 @dataclass(frozen=True)
 class AudioCam:
-    energy: np.ndarray  # (frames,) float64: heatmap summed over mel bins, per log-mel frame
+    energy: np.ndarray  # (frames,) float64 >= 0: dB level of the CAM-weighted mel power (cam_level_db)
     heatmap: torch.Tensor  # (n_mels, frames) in [0, 1], normalised over the clip
     log_mel: torch.Tensor  # (n_mels, frames): the classifier's input, for plots
     frames_per_second: float  # log-mel frame j is centred at j / frames_per_second seconds
@@ -198,22 +235,62 @@ def mono(audio: torch.Tensor | np.ndarray) -> torch.Tensor:
     return reduce(audio, "c t -> 1 t", "mean")
 
 
+# The audio energy's floor, below the clip's loudest CAM-weighted frame: without one, a frame where
+# the CAM is 0 would sit at -inf dB and the next frame's return to the sound would be a huge onset.
+# 50 dB, as loudness_envelope's floor (camsync.py).
+LEVEL_FLOOR_DB = 50.0
+
+
+def mel_power(classifier: CamClassifier, log_mel: torch.Tensor) -> torch.Tensor:
+    """The mel power (n_mels, frames) behind a classifier's normalised log-mel, undoing
+    AudioNetConfig's (log(power + 1e-6) - log_mean) / log_std, so energy and CAM share one grid."""
+    config = classifier.config
+    return torch.exp(log_mel.double() * config.log_std + config.log_mean)
+
+
+def smear(cam_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(h, w) CAM -> (n_mels, frames): each cell spread evenly over the log-mel cells it pooled.
+
+    Nearest, not bilinear: a CAM step summarises exactly ``time_pool`` log-mel frames, so its weight
+    belongs to those frames and to no neighbour; a bilinear ramp would leak a loud step's weight
+    into the quiet frames before it and blur the onset the energy is read for.
+    """
+    spread = F.interpolate(rearrange(cam_map, "h w -> 1 1 h w"), size=size, mode="nearest-exact")
+    return rearrange(spread, "1 1 m t -> m t")
+
+
+def cam_level_db(heatmap: torch.Tensor, power: torch.Tensor, floor_db: float = LEVEL_FLOOR_DB) -> np.ndarray:
+    """(frames,) level in dB of the CAM-weighted mean mel power, minus its minimum (so >= 0).
+
+    Why dB: onsets are rises of the signal, and loudness is heard (and a classifier's log-mel input
+    scaled) logarithmically, so a rise of 20 dB is an event at any level; the heatmap alone would
+    leave the sound's own level out, and a linear power would let the loudest note drown the rest.
+    Frames are floored ``floor_db`` below the loudest one (a silent clip stays all 0, hence flat).
+    Floor and minimum are relative to the clip, so the energy ignores the clip's overall gain.
+    """
+    weighted = reduce(heatmap.double() * power.double(), "m t -> t", "mean")
+    peak = float(weighted.max())
+    if not peak > 0:
+        return np.zeros(weighted.shape[0])
+    level = 10.0 * torch.log10(weighted + peak * 10.0 ** (-floor_db / 10.0))
+    return (level - level.min()).numpy()
+
+
 def audio_cam(classifier: CamClassifier, audio, sample_rate: int) -> AudioCam:
     """AudioCAM of one clip: audio (T,) or (C, T) in [-1, 1] at ``sample_rate`` (mixed to mono)."""
     config = getattr(classifier, "config", None)
-    if config is None or not hasattr(classifier, "log_mel"):
-        raise ValueError("the audio classifier must have .config (sample_rate) and .log_mel (see AudioEventNet)")
+    if not (hasattr(classifier, "log_mel") and all(hasattr(config, k) for k in ("sample_rate", "log_mean", "log_std"))):
+        raise ValueError("the audio classifier must have .log_mel and .config with sample_rate, log_mean and log_std "
+                         "(see AudioEventNet and AudioNetConfig)")
     wave = resample_audio(mono(audio), int(sample_rate), config.sample_rate)
     batch = rearrange(wave, "1 t -> 1 1 t").to(_device(classifier))
     cam = grad_cam(classifier, batch)
     with torch.no_grad():
         log_mel = rearrange(classifier.log_mel(batch), "1 1 m t -> m t").cpu()
-    heat = F.interpolate(rearrange(cam.maps, "1 h w -> 1 1 h w"), size=log_mel.shape, mode="bilinear",
-                         align_corners=False)
-    heatmap = _normalise_over_clip(rearrange(heat, "1 1 m t -> m t")).cpu()
+    heatmap = _normalise_over_clip(smear(cam.maps[0].cpu(), tuple(log_mel.shape)))
     top = int(cam.target[0])
     return AudioCam(
-        energy=reduce(heatmap, "m t -> t", "sum").double().numpy(),
+        energy=cam_level_db(heatmap, mel_power(classifier, log_mel)),
         heatmap=heatmap,
         log_mel=log_mel,
         frames_per_second=float(classifier.frames_per_second),
