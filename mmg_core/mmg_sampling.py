@@ -102,7 +102,6 @@ class LvdmSchedule:
         alphas, scale = self.alphas_cumprod(), self.scale_arr()
         return LvdmDDIMPlan(timesteps, alphas[timesteps], alphas[previous], scale[timesteps], scale[previous])
 
-
     def signal_scale(self) -> torch.Tensor:
         """(T,) float64 c_t = √(1 − ᾱ_t + ᾱ_t s_t²): lvdm's x_t divided by it is variance-preserving."""
         alphas, scale = self.alphas_cumprod().double(), self.scale_arr().double()
@@ -116,8 +115,8 @@ class LvdmSchedule:
 
 VIDEOCRAFTER2_SCHEDULE = LvdmSchedule()
 # Auffusion's process (AUFFUSION_SCHEDULER_CONFIG's betas) for the pack's joint samplers.
-AUFFUSION_SCHEDULE = NoiseSchedule(num_train_timesteps=1000, beta_schedule="scaled_linear",
-                                   beta_start=0.00085, beta_end=0.012)
+AUFFUSION_SCHEDULE = NoiseSchedule(**{key: AUFFUSION_SCHEDULER_CONFIG[key]
+                                      for key in ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end")})
 
 
 def lvdm_ddim_step(x: torch.Tensor, eps: torch.Tensor, plan: LvdmDDIMPlan, index: int) -> torch.Tensor:
@@ -321,7 +320,8 @@ def sample_mmg(
         return sample_mmg_ddim(model, audio_noise, video_noise, conditions, steps=steps, video_schedule=video_schedule,
                                callback=callback, **guidance)
     denoiser = ScaledVideoDenoiser(model, conditions, video_schedule, **guidance)
-    # The schedulers start x' at init_noise_sigma·noise; at t = T−1, x_t = c·x' has variance c², as lvdm's.
+    # The solvers start from x' = noise, so the U-Net first sees c_T·noise: the forward process's spread at
+    # T for unit-variance latents (lvdm's own DDIM starts from the noise itself; c_T = 0.9988).
     result = sampling.sample(sampler_name, denoiser, AV(video=video_noise, audio=audio_noise),
                              video_schedule.variance_preserving(), audio_schedule=AUFFUSION_SCHEDULE, steps=steps,
                              generator=generator, callback=callback)

@@ -248,35 +248,35 @@ def _run(
 
 def sample_ddpm(denoiser: Denoiser, noise: AV, schedule: Schedule, *, steps: int,
                 generator: torch.Generator, callback: StepCallback | None = None,
-    audio_schedule: Schedule | None = None) -> AV:
+                audio_schedule: Schedule | None = None) -> AV:
     """Ancestral DDPM (Ho et al. 2020, Algorithm 2) over a strided subset of the training timesteps."""
     return _run(_ddpm_plan, denoiser, noise, schedule, steps, generator, callback, audio_schedule)
 
 
 def sample_ddim(denoiser: Denoiser, noise: AV, schedule: Schedule, *, steps: int,
                 generator: torch.Generator, callback: StepCallback | None = None,
-    audio_schedule: Schedule | None = None) -> AV:
+                audio_schedule: Schedule | None = None) -> AV:
     """Deterministic DDIM, eta = 0 (Song et al. 2021, eq. 12)."""
     return _run(_ddim_plan, denoiser, noise, schedule, steps, generator, callback, audio_schedule)
 
 
 def sample_dpmpp_2m(denoiser: Denoiser, noise: AV, schedule: Schedule, *, steps: int,
                     generator: torch.Generator, callback: StepCallback | None = None,
-    audio_schedule: Schedule | None = None) -> AV:
+                    audio_schedule: Schedule | None = None) -> AV:
     """DPM-Solver++(2M), multistep second order in data prediction (Lu et al. 2022, Algorithm 2)."""
     return _run(_dpmpp_2m_plan, denoiser, noise, schedule, steps, generator, callback, audio_schedule)
 
 
 def sample_unipc(denoiser: Denoiser, noise: AV, schedule: Schedule, *, steps: int,
                  generator: torch.Generator, callback: StepCallback | None = None,
-    audio_schedule: Schedule | None = None) -> AV:
+                 audio_schedule: Schedule | None = None) -> AV:
     """UniPC, order-2 predictor-corrector, bh2 (Zhao et al. 2023, Algorithms 1-2)."""
     return _run(_unipc_plan, denoiser, noise, schedule, steps, generator, callback, audio_schedule)
 
 
 def sample_euler(denoiser: Denoiser, noise: AV, schedule: Schedule, *, steps: int,
                  generator: torch.Generator, callback: StepCallback | None = None,
-    audio_schedule: Schedule | None = None) -> AV:
+                 audio_schedule: Schedule | None = None) -> AV:
     """Euler on the probability-flow ODE in sigma (Karras et al. 2022, Algorithm 1 without churn)."""
     return _run(_euler_plan, denoiser, noise, schedule, steps, generator, callback, audio_schedule)
 
