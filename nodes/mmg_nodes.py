@@ -44,7 +44,7 @@ from ..mmg_core.mmg_pipeline import (
     video_config_beside,
     video_latents_for_vae,
 )
-from ..mmg_core.mmg_sampling import SAMPLER_NAMES, LvdmSchedule, check_sampler
+from ..mmg_core.mmg_sampling import SAMPLER_NAMES, LvdmSchedule
 from ..mmg_core.models.mmg_coupled import MMGConfig
 from ..mmg_core.vocoder import PRESETS, WEIGHT_SUFFIXES, HiFiGAN, find_vocoder_files, load_hifigan
 from .models import DTYPES, FOLDER as MMG_FOLDER, choose_dtype
@@ -379,7 +379,6 @@ class MMGCoupledSampler(io.ComfyNode):
                 fps: int, batch_size: int, sampler_name: str = "ddim", audio_negative=None) -> io.NodeOutput:
         if not isinstance(model, CoupledModel):
             raise ValueError("model must come from 'MMG Load VideoCrafter2 + Auffusion'")
-        check_sampler(sampler_name)
         for name, value, low, high in (("steps", steps, 1, 1000), ("batch_size", batch_size, 1, 16),
                                        ("video_cfg", video_cfg, 0, 30), ("audio_cfg", audio_cfg, 0, 30),
                                        ("modality_scale", modality_scale, 0, 10), ("fps", fps, 1, 60)):
