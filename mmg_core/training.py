@@ -52,6 +52,13 @@ class TrainConfig:
     batch_size: int = 8  # per process
     lr: float = 2e-4
     warmup_steps: int = 250
+    # Exponential learning-rate decay, halving every lr_half_life steps from step lr_decay_start on, never
+    # below lr_floor x lr (None: constant after warm-up). Why: at a constant rate the loss levels off at
+    # the noise floor that rate's gradient steps leave; lowering it later lets the weights settle. A step
+    # count, not a fraction of `steps`, so a run resumed over several sessions keeps one schedule.
+    lr_decay_start: int | None = None
+    lr_half_life: int = 5000
+    lr_floor: float = 0.1
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.999
@@ -114,6 +121,10 @@ class TrainConfig:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.data_workers < 0:
             raise ValueError(f"data_workers must be >= 0, got {self.data_workers}")
+        if self.lr_decay_start is not None and (self.lr_decay_start < 0 or self.lr_half_life < 1):
+            raise ValueError(f"lr_decay_start ({self.lr_decay_start}) must be >= 0 and lr_half_life ({self.lr_half_life}) >= 1")
+        if not 0 < self.lr_floor <= 1:
+            raise ValueError(f"lr_floor must be in (0, 1], got {self.lr_floor}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -250,7 +261,11 @@ def initialise_from(state: TrainState, source: Path) -> None:
 # One step
 # ------------------------------------------------------------------------------------------------
 def learning_rate(train: TrainConfig, step: int) -> float:
-    return train.lr * min(1.0, (step + 1) / max(1, train.warmup_steps))
+    warmup = min(1.0, (step + 1) / max(1, train.warmup_steps))
+    if train.lr_decay_start is None or step <= train.lr_decay_start:
+        return train.lr * warmup
+    decay = 0.5 ** ((step - train.lr_decay_start) / train.lr_half_life)
+    return train.lr * warmup * max(train.lr_floor, decay)
 
 
 def batch_indices(step: int, train: TrainConfig, ctx: Dist) -> range:

@@ -258,6 +258,22 @@ def test_min_snr_weights_cap_the_low_noise_steps():
         TrainConfig(out_dir="x", loss_weighting="snr").validate()
 
 
+def test_learning_rate_warms_up_then_halves_every_half_life_down_to_the_floor():
+    from mmg_core.training import learning_rate
+
+    constant = TrainConfig(out_dir="x", lr=4e-4, warmup_steps=50)
+    assert learning_rate(constant, 0) == pytest.approx(4e-4 / 50)
+    assert learning_rate(constant, 49) == learning_rate(constant, 10**6) == pytest.approx(4e-4)
+    decayed = TrainConfig(out_dir="x", lr=4e-4, warmup_steps=50, lr_decay_start=1000, lr_half_life=500, lr_floor=0.2)
+    assert learning_rate(decayed, 1000) == pytest.approx(4e-4)
+    assert learning_rate(decayed, 1500) == pytest.approx(2e-4)
+    assert learning_rate(decayed, 1250) == pytest.approx(4e-4 / 2**0.5)
+    assert learning_rate(decayed, 2500) == learning_rate(decayed, 10**6) == pytest.approx(0.2 * 4e-4)
+    for bad in ({"lr_half_life": 0, "lr_decay_start": 5}, {"lr_decay_start": -1}, {"lr_floor": 0.0}):
+        with pytest.raises(ValueError, match="lr_"):
+            TrainConfig(out_dir="x", **bad).validate()
+
+
 def test_init_from_starts_a_new_run_from_another_runs_weights(tmp_path, encoder):
     train(_train_config(tmp_path / "first", 2), text_encoder=encoder)
     source = load_file(str(tmp_path / "first" / "checkpoint" / "model.safetensors"))
