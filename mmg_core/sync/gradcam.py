@@ -10,7 +10,8 @@ normalised by their maximum over the whole clip (a frame where the class is bare
 dim), times the frame's motion |f_t - f_(t-1)| (shot cuts held, see motion_maps) -> video energy per
 frame; and the same maps times the motion "turn-back" ReLU(-(f_t - f_(t-1)) . (f_(t+1) - f_t)) -> a
 turn-back energy per frame that peaks where motion reverses (a bounce, a hit), see turn_back_maps.
-AudioCAM: waveform -> log-mel -> Grad-CAM toward the clip's top class, normalised over the clip and
+AudioCAM: waveform -> log-mel -> Grad-CAM toward the clip's top class (never a background class such as
+music, see AudioNetConfig.background_classes), normalised over the clip and
 smeared over the log-mel frames each CAM step pooled -> audio energy per log-mel frame: the level in
 dB of the CAM-weighted mel power, see cam_level_db.
 """
@@ -46,18 +47,20 @@ def grad_cam(
     *,
     shared_target: bool = False,
     batch_size: int = 32,
+    candidates: list[int] | None = None,
 ) -> GradCam:
     """Grad-CAM maps of ``inputs`` (N, ...) at the classifier's feature layer.
 
     target: a class index for all, (N,) indices, or None: each input's own top class, or with
-    ``shared_target`` the top class of the logits averaged over all N (one class for a whole clip).
+    ``shared_target`` the top class of the logits averaged over all N (one class for a whole clip);
+    ``candidates`` limits that choice to these class indices.
     """
     features = _features(classifier, inputs, batch_size)  # (N, C, h, w)
     leaf = features.detach().requires_grad_(True)
     with torch.enable_grad():
         logits = classifier.head(leaf)  # (N, K)
         if target is None:
-            target = logits.mean(0).argmax() if shared_target else logits.argmax(-1)
+            target = top_class(logits.detach(), shared_target, candidates)
         target = torch.as_tensor(target, device=logits.device).expand(logits.shape[0])
         # Samples are independent (eval mode), so the gradient of the summed scores is per sample.
         selected = logits.gather(1, rearrange(target, "n -> n 1")).sum()
@@ -65,6 +68,18 @@ def grad_cam(
     weights = reduce(grads, "n c h w -> n c", "mean")
     maps = F.relu(torch.einsum("nc,nchw->nhw", weights, features))
     return GradCam(maps=maps, logits=logits.detach(), target=target)
+
+
+def top_class(logits: torch.Tensor, shared: bool = False, candidates: list[int] | None = None) -> torch.Tensor:
+    """(N,) each row's highest logit, or with ``shared`` one index for the mean over rows; only
+    ``candidates`` (class indices) compete when given."""
+    scores = logits.mean(0, keepdim=True) if shared else logits
+    if candidates is not None:
+        excluded = torch.ones(scores.shape[-1], dtype=torch.bool, device=scores.device)
+        excluded[candidates] = False
+        scores = scores.masked_fill(excluded, float("-inf"))
+    top = scores.argmax(-1)
+    return top[0] if shared else top
 
 
 def _normalise_over_clip(maps: torch.Tensor) -> torch.Tensor:
@@ -284,7 +299,8 @@ def audio_cam(classifier: CamClassifier, audio, sample_rate: int) -> AudioCam:
                          "(see AudioEventNet and AudioNetConfig)")
     wave = resample_audio(mono(audio), int(sample_rate), config.sample_rate)
     batch = rearrange(wave, "1 t -> 1 1 t").to(_device(classifier))
-    cam = grad_cam(classifier, batch)
+    background = getattr(config, "background_classes", ())
+    cam = grad_cam(classifier, batch, candidates=config.event_class_indices if background else None)
     with torch.no_grad():
         log_mel = rearrange(classifier.log_mel(batch), "1 1 m t -> m t").cpu()
     heatmap = _normalise_over_clip(smear(cam.maps[0].cpu(), tuple(log_mel.shape)))
