@@ -3,7 +3,7 @@
 Classes: the synthetic world's sound kinds and pitches (impact / drum / beep / tone x low / high,
 ``mmg_core.sync.backbones.WORLD_AUDIO_CLASSES``) from ``WorldDataset`` soundtracks, plus two classes
 of real recordings that ship in Debian packages (REAL_SOURCES; ``apt-get install REAL_PACKAGES``):
-"music" (a game's soundtrack) and "effect" (a game's sound effects and recorded key clicks). Labels
+"music" (two games' soundtracks) and "effect" (their sound effects and recorded key clicks). Labels
 are multi-hot (one sigmoid per class): half the world clips and effects are mixed over a music crop,
 so the net learns to tell an event from the music under it, and "music" is a background class
 (AudioNetConfig.background_classes) that AudioCAM never targets: on a film, its top class would
@@ -41,9 +41,12 @@ from mmg_core.sync.gradcam import mono, resample_audio  # noqa: E402
 
 # Real recordings per extra class: (Debian package, file pattern). Sound effects shorter than a clip
 # are placed at a random time in silence; longer files are cropped.
+WESNOTH = "/usr/share/games/wesnoth/1.16/data/core"
 REAL_SOURCES = {
-    "music": (("colobot-common-sounds", "/usr/share/games/colobot/music/*.ogg"),),
+    "music": (("colobot-common-sounds", "/usr/share/games/colobot/music/*.ogg"),
+              ("wesnoth-1.16-music", f"{WESNOTH}/music/*.ogg")),  # orchestral, like most film scores
     "effect": (("colobot-common-sounds", "/usr/share/games/colobot/sounds/*.wav"),
+               ("wesnoth-1.16-data", f"{WESNOTH}/sounds/*.*"),  # hits, blows, bows, steps (not its ambient/)
                ("bucklespring-data", "/usr/share/buckle/wav/*.wav")),
 }
 BACKGROUND_CLASSES = ("music",)

@@ -135,3 +135,40 @@ def test_calibrate_command_writes_both_reports(tmp_path, capsys):
     report = json.loads((tmp_path / "report.json").read_text())
     assert set(report["synthetic"]["summary"]) == {"cam_sync", "av_align", "onset_sync"}
     assert "## Synthetic world" in (tmp_path / "report.md").read_text()
+
+
+# ----------------------------------------------------------------------------------------------
+# The held-out variant study (scripts/sync_variant_study.py): its signal pieces
+
+
+def _variant_study():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    sys.path.insert(0, str(scripts))  # it imports its sibling get_big_buck_bunny
+    try:
+        spec = importlib.util.spec_from_file_location("sync_variant_study", scripts / "sync_variant_study.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(scripts))
+    return module
+
+
+def test_variant_study_median_percussive_split_and_peak_trains():
+    study = _variant_study()
+    x = torch.randn(6, 40, generator=torch.Generator().manual_seed(0))
+    for dim, size in ((0, 3), (1, 5)):
+        padded = np.pad(x.numpy(), [(size // 2, size // 2) if d == dim else (0, 0) for d in range(2)], mode="edge")
+        windows = np.lib.stride_tricks.sliding_window_view(padded, size, axis=dim)
+        np.testing.assert_allclose(study.median_along(x, dim, size).numpy(), np.median(windows, -1), rtol=1e-6)
+    # A steady note in a few bands with two broadband clicks: the percussive level rises at the clicks only.
+    power = torch.full((64, 200), 1e-6)
+    power[10:13] = 1.0
+    power[:, [60, 140]] = 0.5
+    level = study.percussive_level(power)
+    assert set(np.argsort(level)[-2:]) == {60, 140} and level[100] < level[60] - 20
+    train = study.peak_train(np.array([0, 1, 0, 0, 9, 0, 0, 1, 0, 0, 0], float))
+    assert np.argmax(train) == 4 and train[1] == 0 and train[3] == train[5] > 0
