@@ -48,6 +48,14 @@ def _evaluation_section(report_path: Path | None) -> str:
     return f"Command: `{EVAL_COMMAND}`\n\n{body}"
 
 
+def _decay_text(train: dict) -> str:
+    """The learning-rate decay of the training config, as the card's optimiser line states it."""
+    if train.get("lr_decay_start") is None:
+        return ""
+    return (f"; halved every {train['lr_half_life']} steps from step {train['lr_decay_start']}, "
+            f"floor {train['lr_floor']} x lr")
+
+
 def _audio_codec_text(config: dict) -> str:
     frames_per_video_frame = config["sample_rate"] / config["fps"] / config["stft_hop"]
     grid = (f"n_fft {config['stft_n_fft']}, hop {config['stft_hop']} = {frames_per_video_frame:g} audio frames per "
@@ -122,8 +130,8 @@ def write_card(report_path: Path | None, codec_report: Path | None = None) -> st
         *_initialisation_lines(train),
         f"- Hardware: 2-core x86-64 CPU (no GPU), {train.get('threads') or 'default'} torch thread(s) "
         f"per process; exported on {exported.get('exported_on', platform.platform())}.",
-        f"- Optimiser: AdamW lr {train['lr']} (warm-up {train['warmup_steps']}), EMA {train['ema_decay']}, "
-        f"grad clip {train['grad_clip']}.",
+        f"- Optimiser: AdamW lr {train['lr']} (warm-up {train['warmup_steps']}{_decay_text(train)}), "
+        f"EMA {train['ema_decay']}, grad clip {train['grad_clip']}.",
         f"- Loss over the last logged steps: total {loss['loss']:.4f} (video {loss['loss_video']:.4f}, "
         f"audio {loss['loss_audio']:.4f}); throughput {loss['clips_per_s']:.2f} clips/s. Curve: "
         f"`{RUN_NAME}/loss.png`, data: `loss.csv`, log: `train.log`.",
