@@ -262,9 +262,11 @@ def initialise_from(state: TrainState, source: Path) -> None:
 # ------------------------------------------------------------------------------------------------
 def learning_rate(train: TrainConfig, step: int) -> float:
     warmup = min(1.0, (step + 1) / max(1, train.warmup_steps))
-    if train.lr_decay_start is None or step <= train.lr_decay_start:
+    # MMG fine-tuning shares this schedule with a config that has no decay fields: constant after warm-up.
+    decay_start = getattr(train, "lr_decay_start", None)
+    if decay_start is None or step <= decay_start:
         return train.lr * warmup
-    decay = 0.5 ** ((step - train.lr_decay_start) / train.lr_half_life)
+    decay = 0.5 ** ((step - decay_start) / train.lr_half_life)
     return train.lr * warmup * max(train.lr_floor, decay)
 
 
