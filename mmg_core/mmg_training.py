@@ -59,7 +59,7 @@ from .mmg_sampling import VIDEOCRAFTER2_SCHEDULE
 from .models.mmg_coupled import MMG_FPS, MMGConfig, MMGCoupledUNet
 from .plotting import line_plot
 from .training import (
-    Dist, _atomic_save_file, _StopFlag, all_reduce_mean, init_distributed, learning_rate, step_seed, update_ema,
+    Dist, _atomic_save_file, _StopFlag, all_reduce_mean, init_distributed, step_seed, update_ema, warmup_rate,
 )
 from .weights import load_state_dict_strict
 
@@ -649,7 +649,7 @@ def train_step(run: Run, state: MMGTrainState) -> dict[str, float]:
     seed = step_seed(train.seed, state.step, ctx.rank)
     data = run.source.step_data(train.batch_size, torch.Generator().manual_seed(2 * seed + 1))
     data = StepData(*(_to(batch, run.device) for batch in (data.paired, data.audio_only, data.video_only)))
-    lr = learning_rate(train, state.step)
+    lr = warmup_rate(train.lr, train.warmup_steps, state.step)
     for group in state.optimizer.param_groups:
         group["lr"] = lr
     # Eval mode while training: the only train/eval difference is dropout (lvdm's temporal convolutions

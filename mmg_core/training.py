@@ -260,14 +260,17 @@ def initialise_from(state: TrainState, source: Path) -> None:
 # ------------------------------------------------------------------------------------------------
 # One step
 # ------------------------------------------------------------------------------------------------
+def warmup_rate(lr: float, warmup_steps: int, step: int) -> float:
+    """``lr`` ramped linearly over the first ``warmup_steps`` steps (shared with MMG fine-tuning)."""
+    return lr * min(1.0, (step + 1) / max(1, warmup_steps))
+
+
 def learning_rate(train: TrainConfig, step: int) -> float:
-    warmup = min(1.0, (step + 1) / max(1, train.warmup_steps))
-    # MMG fine-tuning shares this schedule with a config that has no decay fields: constant after warm-up.
-    decay_start = getattr(train, "lr_decay_start", None)
-    if decay_start is None or step <= decay_start:
-        return train.lr * warmup
-    decay = 0.5 ** ((step - decay_start) / train.lr_half_life)
-    return train.lr * warmup * max(train.lr_floor, decay)
+    """The warm-up, then (when ``lr_decay_start`` is set) the exponential decay down to the floor."""
+    rate = warmup_rate(train.lr, train.warmup_steps, step)
+    if train.lr_decay_start is None or step <= train.lr_decay_start:
+        return rate
+    return rate * max(train.lr_floor, 0.5 ** ((step - train.lr_decay_start) / train.lr_half_life))
 
 
 def batch_indices(step: int, train: TrainConfig, ctx: Dist) -> range:

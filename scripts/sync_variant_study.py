@@ -46,8 +46,8 @@ from mmg_core.sync.calibration import (  # noqa: E402
     REAL_ROLLS_S, REAL_TOLERANCE_S, ZERO_TOLERANCE_S, analyse_picture, analyse_sound, open_film, segment_starts,
 )
 from mmg_core.sync.camsync import (  # noqa: E402
-    TIMELINE_RATE, _db, _peak, _zscore, centred_start, log_mel_power, normalised_xcorr, onset_form, resample_held,
-    video_events,
+    DEFAULT_MAX_LAG_S, TIMELINE_RATE, SyncResult, _db, centred_start, correlate_onsets, log_mel_power, onset_form,
+    resample_held, video_events,
 )
 
 AUDIO = ("audiocam", "loudness", "percussive")
@@ -114,8 +114,8 @@ def peak_train(x: np.ndarray, k: float = 2.0) -> np.ndarray:
     return np.convolve(keep, [0.25, 0.5, 0.25], "same")
 
 
-def correlation(record: dict, roll: float, audio: str, video: str, peaks: str):
-    """(lags, r) or None when a side is flat."""
+def correlation(record: dict, roll: float, audio: str, video: str, peaks: str) -> SyncResult | None:
+    """CAM-Sync's correlation step (camsync.correlate_onsets) on one variant's onsets; None when a side is flat."""
     rate, duration = TIMELINE_RATE, record["duration_s"]
     energy, energy_rate = record["audio"][roll][audio]
     audio_onsets = onset_form(resample_held(energy, energy_rate, rate, duration, centred_start(energy_rate)))
@@ -126,13 +126,16 @@ def correlation(record: dict, roll: float, audio: str, video: str, peaks: str):
         audio_onsets, video_onsets = peak_train(audio_onsets), peak_train(video_onsets)
     if audio_onsets.std() == 0 or video_onsets.std() == 0:
         return None
-    return normalised_xcorr(_zscore(audio_onsets), _zscore(video_onsets), min(50, audio_onsets.size // 2))
+    return correlate_onsets(audio_onsets, video_onsets, rate, DEFAULT_MAX_LAG_S)
 
 
-def rival_gap(lags: np.ndarray, r: np.ndarray) -> float:
-    index, _ = _peak(r, lags)
-    rivals = np.abs(lags - lags[index]) > RIVAL_DISTANCE_S * TIMELINE_RATE
-    return float(r[index] - (r[rivals].max() if rivals.any() else r.min()))
+def rival_gap(result: SyncResult) -> float:
+    """Peak correlation minus the best correlation more than RIVAL_DISTANCE_S away from the peak's lag."""
+    steps = np.round(result.lags_s * TIMELINE_RATE)
+    peak = steps[np.argmin(np.abs(result.lags_s - result.offset_s))]  # the grid lag the refined offset came from
+    rivals = np.abs(steps - peak) > RIVAL_DISTANCE_S * TIMELINE_RATE
+    r = result.correlation
+    return float(result.score - (r[rivals].max() if rivals.any() else r.min()))
 
 
 def score_variant(records: list[dict], audio: str, video: str, peaks: str) -> dict:
@@ -141,13 +144,13 @@ def score_variant(records: list[dict], audio: str, video: str, peaks: str) -> di
         zero = correlation(record, 0.0, audio, video, peaks)
         if zero is None:
             continue
-        offset0 = _peak(zero[1], zero[0])[1] / TIMELINE_RATE
+        offset0 = zero.offset_s
         tracked = []
         for roll in REAL_ROLLS_S:
             rolled = correlation(record, roll, audio, video, peaks)
-            offset = math.nan if rolled is None else _peak(rolled[1], rolled[0])[1] / TIMELINE_RATE
+            offset = math.nan if rolled is None else rolled.offset_s
             tracked.append(math.isfinite(offset) and abs(offset - offset0 - roll) <= REAL_TOLERANCE_S + 1e-9)
-        rows.append((rival_gap(*zero), tracked, abs(offset0) <= ZERO_TOLERANCE_S))
+        rows.append((rival_gap(zero), tracked, abs(offset0) <= ZERO_TOLERANCE_S))
     segments, rolls = len(records), len(REAL_ROLLS_S)
 
     def figures(kept: list) -> dict:
