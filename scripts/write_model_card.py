@@ -48,6 +48,15 @@ def _evaluation_section(report_path: Path | None) -> str:
     return f"Command: `{EVAL_COMMAND}`\n\n{body}"
 
 
+# The run's captions changed once, at a resume; the card says so because the code shows only the current set.
+CAPTION_HISTORY = (
+    "Captions: the training templates and paraphrases of `mmg_core/world/captions.py`. Up to step 11837 the",
+    "run used a narrower first set (3-4 phrases per tempo, 3 subject phrases per scene, as of commit fcac85a);",
+    "from then on 14 phrases per tempo and 5-6 subject phrases per scene, so that tempo is read from what the",
+    "words mean rather than from a few memorised ones. None of the added phrases shares a word stem with a held-out one.",
+)
+
+
 def _decay_text(train: dict) -> str:
     """The learning-rate decay of the training config, as the card's optimiser line states it."""
     if train.get("lr_decay_start") is None:
@@ -121,6 +130,7 @@ def write_card(report_path: Path | None, codec_report: Path | None = None) -> st
         "The attribute combinations in `EVAL_HOLDOUT_COMBOS` and the evaluation caption templates are never used",
         "in training. Condition dropout: each prompt is replaced by \"\" with probability "
         f"{train['cond_dropout']}.",
+        *CAPTION_HISTORY,
         "",
         "## Training",
         f"- Command: `{TRAIN_COMMAND}` (resumes from `{RUN_NAME}/checkpoint` when present), then",

@@ -7,6 +7,7 @@ mmg_core.media, because that is how generated clips will reach them.
 from __future__ import annotations
 
 import itertools
+import re
 import time
 
 import numpy as np
@@ -236,6 +237,19 @@ def test_captions_name_every_attribute():
             found = caption_attributes(text)
             assert found == {name: {value} for name, value in spec.attributes.items()}, text
     assert render_clip(spec, CONFIG).caption == render_clip(spec, CONFIG).caption
+
+
+def test_held_out_tempo_words_never_occur_in_training_phrases():
+    """The words that name a tempo in held-out wording ("briskly", "unhurriedly", ...) appear in no training
+    phrase, so an evaluation prompt's tempo can only be understood, not recognised."""
+    training_words = {word for phrases in captions.TEMPO_WORDS.values() for phrase in phrases["train"]
+                      for word in re.findall(r"[a-z]+", phrase)}
+    for tempo, phrases in captions.TEMPO_WORDS.items():
+        named = {word for phrase in phrases["eval"] for word in re.findall(r"[a-z]+", phrase)}
+        naming = named & set(captions.ATTRIBUTE_WORDS["tempo"][tempo])
+        assert naming, tempo
+        assert not naming & training_words, (tempo, naming & training_words)
+    assert len(captions.TEMPO_WORDS["slow"]["train"]) >= 10 and len(captions.TEMPO_WORDS["fast"]["train"]) >= 10
 
 
 def test_eval_captions_use_held_out_wording():

@@ -39,6 +39,8 @@ SUBJECTS = {
             "a {colour} ball bouncing on the floor",
             "a {colour} ball bouncing",
             "a {colour} ball bouncing up and down",
+            "a {colour} ball bouncing off the ground",
+            "a {colour} ball hopping on the floor",
         ),
         "eval": ("a {colour} ball rebounding off the floor",),
     },
@@ -47,6 +49,8 @@ SUBJECTS = {
             "a stick striking a {colour} drum",
             "a {colour} drum being hit with a stick",
             "a drumstick beating a {colour} drum",
+            "a {colour} drum hit by a stick",
+            "a stick beating a {colour} drum",
         ),
         "eval": ("a {colour} drum struck by a stick",),
     },
@@ -55,6 +59,8 @@ SUBJECTS = {
             "a {colour} lamp blinking",
             "a {colour} lamp switching on and off",
             "a {colour} lamp turning on and off",
+            "a {colour} lamp flickering on and off",
+            "a {colour} lamp lighting up and going out",
         ),
         "eval": ("a {colour} lamp flashing",),
     },
@@ -63,6 +69,9 @@ SUBJECTS = {
             "a {colour} bar sliding up and down",
             "a {colour} slider moving up and down",
             "a {colour} bar rising and falling",
+            "a {colour} bar moving up and down",
+            "a {colour} slider going up and down",
+            "a {colour} bar shifting up and down",
         ),
         "eval": ("a {colour} bar gliding up and down",),
     },
@@ -98,13 +107,25 @@ SYNCS = {
     },
 }
 
+# Many training paraphrases per tempo, so that the model reads tempo from what the words mean (as the
+# text encoder's states carry it) rather than from a few memorised tokens: with three slow phrases
+# the model followed them but not an unseen one (stop 11: slow prompts in held-out wording came out
+# slow on 14 of 32 clips). None of the added phrases shares a word stem with a held-out one.
 TEMPO_WORDS = {
     "fast": {
-        "train": ("fast", "quickly", "rapidly", "at a fast pace"),
+        "train": (
+            "fast", "quickly", "rapidly", "at a fast pace", "swiftly", "speedily", "at a rapid pace",
+            "at a fast tempo", "in a fast rhythm", "in rapid succession", "energetically",
+            "at a hectic pace", "about three times a second", "in a rush",
+        ),
         "eval": ("briskly", "at a quick tempo"),
     },
     "slow": {
-        "train": ("slowly", "at a slow pace", "at a leisurely pace"),
+        "train": (
+            "slowly", "at a slow pace", "at a leisurely pace", "lazily", "calmly", "at a relaxed pace",
+            "sluggishly", "languidly", "at a slow tempo", "in a slow rhythm", "in no hurry",
+            "without rushing", "at an easy pace", "about once a second",
+        ),
         "eval": ("unhurriedly", "at a gentle tempo"),
     },
 }
@@ -130,8 +151,10 @@ ATTRIBUTE_WORDS: dict[str, dict[str, tuple[str, ...]]] = {
     "scene": {"ball": ("ball",), "drum": ("drum",), "lamp": ("lamp",), "slider": ("bar", "slider")},
     "colour": {name: (name,) for name in COLOURS},
     "tempo": {
-        "fast": ("fast", "quickly", "rapidly", "briskly", "quick"),
-        "slow": ("slowly", "slow", "leisurely", "unhurriedly", "gentle"),
+        "fast": ("fast", "quickly", "rapidly", "briskly", "quick", "swiftly", "speedily", "rapid", "energetically",
+                 "hectic", "three", "rush"),
+        "slow": ("slowly", "slow", "leisurely", "unhurriedly", "gentle", "lazily", "calmly", "relaxed",
+                 "sluggishly", "languidly", "hurry", "rushing", "easy", "once"),
     },
     "pitch": {"low": ("low", "deep", "bass"), "high": ("high", "sharp", "shrill")},
     "background": {"dark": ("dark", "black"), "light": ("light", "bright", "pale")},
