@@ -14,7 +14,9 @@ Variants (every combination):
           level of the mel power that a median-filter harmonic/percussive split (Fitzgerald 2010)
           assigns to transients, which sets sustained musical notes aside without any classifier
   video   videocam+turn (CAM-Sync's video events) | videocam (motion onsets of the CAM-weighted
-          motion alone) | motion (the onset baseline's frame difference, cuts held)
+          motion alone) | motion (the onset baseline's frame difference, cuts held) | videocam floor A
+          (motion weighted by A + (1 - A) x heatmap: the CAM still picks where to look, but motion
+          elsewhere keeps weight A; A = 0 is videocam, A = 1 is motion)
   peaks   dense (every positive difference) | peaks (only local maxima above mean + 2 std, smoothed
           over +-1 step): sparse event trains, in case a few strong events carry the sync
 and, for each, "gated": the quarter of segments with the smallest gap between the correlation peak and
@@ -51,7 +53,8 @@ from mmg_core.sync.camsync import (  # noqa: E402
 )
 
 AUDIO = ("audiocam", "loudness", "percussive")
-VIDEO = ("videocam+turn", "videocam", "motion")
+FLOORS = (0.25, 0.5, 0.75)
+VIDEO = ("videocam+turn", "videocam", "motion", *(f"videocam floor {a}" for a in FLOORS))
 PEAKS = ("dense", "peaks")
 DEV_PHASES = (0.25, 0.5, 0.75)
 GATED_FRACTION = 0.25
@@ -114,12 +117,23 @@ def peak_train(x: np.ndarray, k: float = 2.0) -> np.ndarray:
     return np.convolve(keep, [0.25, 0.5, 0.25], "same")
 
 
+def picture_energy(record: dict, video: str) -> np.ndarray:
+    """The per-frame motion energy a video variant correlates (before the onset form)."""
+    if video == "motion":
+        return np.asarray(record["motion"])
+    if video.startswith("videocam floor "):
+        # mean((a + (1 - a) heatmap) x motion) = a mean(motion) + (1 - a) mean(heatmap x motion)
+        floor = float(video.rsplit(" ", 1)[1])
+        return floor * np.asarray(record["motion"]) + (1 - floor) * np.asarray(record["videocam"])
+    return np.asarray(record["videocam"])
+
+
 def correlation(record: dict, roll: float, audio: str, video: str, peaks: str) -> SyncResult | None:
     """CAM-Sync's correlation step (camsync.correlate_onsets) on one variant's onsets; None when a side is flat."""
     rate, duration = TIMELINE_RATE, record["duration_s"]
     energy, energy_rate = record["audio"][roll][audio]
     audio_onsets = onset_form(resample_held(energy, energy_rate, rate, duration, centred_start(energy_rate)))
-    picture = resample_held(record["motion" if video == "motion" else "videocam"], record["fps"], rate, duration)
+    picture = resample_held(picture_energy(record, video), record["fps"], rate, duration)
     turn = resample_held(record["turn_back"], record["fps"], rate, duration) if video == "videocam+turn" else None
     video_onsets = video_events(picture, turn)
     if peaks == "peaks":
@@ -186,12 +200,42 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _to_json(record: dict) -> dict:
+    audio = {str(roll): {k: [np.asarray(e).tolist(), r] for k, (e, r) in series.items()} for roll, series in record["audio"].items()}
+    plain = {k: (np.asarray(v).tolist() if isinstance(v, np.ndarray) else v) for k, v in record.items() if k != "audio"}
+    return {**plain, "audio": audio}
+
+
+def _from_json(record: dict) -> dict:
+    audio = {float(roll): {k: (np.asarray(e), r) for k, (e, r) in series.items()} for roll, series in record["audio"].items()}
+    plain = {k: (np.asarray(v) if isinstance(v, list) else v) for k, v in record.items() if k != "audio"}
+    return {**plain, "audio": audio}
+
+
+def cached_energies(cache: str | None, models, film, starts: dict[str, list[float]], tqdm) -> dict[str, list[dict]]:
+    """Each set's segment energies, from ``cache`` (JSON) when it holds the same starts and models."""
+    key = {"starts": starts, "models": dict(models.notes)}
+    if cache and Path(cache).is_file():
+        stored = json.loads(Path(cache).read_text())
+        if stored.get("key") == json.loads(json.dumps(key)):
+            return {name: [_from_json(r) for r in records] for name, records in stored["sets"].items()}
+        print(f"{cache} was made for other segments or models: measuring again", file=sys.stderr)
+    sets = {name: [segment_energies(models, film, s) for s in tqdm(values, desc=name, unit="segment")]
+            for name, values in starts.items()}
+    if cache:
+        payload = {"key": key, "sets": {name: [_to_json(r) for r in records] for name, records in sets.items()}}
+        Path(cache).write_text(json.dumps(payload))
+    return sets
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--film", help="Big Buck Bunny (default: scripts/get_big_buck_bunny.py's copy)")
     parser.add_argument("--out", required=True, help="folder for report.json and report.md")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--audio-classifier", metavar="FILE", help="AudioCAM's classifier (default: the shipped one)")
+    parser.add_argument("--cache", metavar="FILE.json",
+                        help="keep the segments' energies here: read if it exists (same film and models), else written")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -206,8 +250,7 @@ def main() -> int:
     eval_starts = segment_starts(film, 20, 8.0)
     spacing = eval_starts[1] - eval_starts[0]
     dev_starts = [round((s + phase * spacing) * film.fps) / film.fps for phase in DEV_PHASES for s in eval_starts[:-1]]
-    sets = {name: [segment_energies(models, film, s) for s in tqdm(starts, desc=name, unit="segment")]
-            for name, starts in (("eval", eval_starts), ("dev", dev_starts))}
+    sets = cached_energies(args.cache, models, film, {"eval": eval_starts, "dev": dev_starts}, tqdm)
     variants = [{"audio": a, "video": v, "peaks": p, **{name: score_variant(records, a, v, p) for name, records in sets.items()}}
                 for a, v, p in itertools.product(AUDIO, VIDEO, PEAKS)]
     report = {"command": "python scripts/sync_variant_study.py " + " ".join(sys.argv[1:]),

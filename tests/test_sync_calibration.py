@@ -172,3 +172,32 @@ def test_variant_study_median_percussive_split_and_peak_trains():
     assert set(np.argsort(level)[-2:]) == {60, 140} and level[100] < level[60] - 20
     train = study.peak_train(np.array([0, 1, 0, 0, 9, 0, 0, 1, 0, 0, 0], float))
     assert np.argmax(train) == 4 and train[1] == 0 and train[3] == train[5] > 0
+
+
+def test_variant_study_floor_mixes_cam_and_motion_and_cache_round_trips(tmp_path):
+    study = _variant_study()
+    record = {"videocam": np.array([0.0, 2.0, 4.0]), "motion": np.array([4.0, 4.0, 8.0])}
+    np.testing.assert_allclose(study.picture_energy(record, "videocam floor 0.25"), [1.0, 2.5, 5.0])
+    np.testing.assert_allclose(study.picture_energy(record, "motion"), record["motion"])
+    np.testing.assert_allclose(study.picture_energy(record, "videocam+turn"), record["videocam"])
+
+    class Models:
+        notes = {"frame_classifier": "fake"}
+
+    measured = []
+
+    def energies(models, film, start):
+        measured.append(start)
+        return {"start_s": start, "fps": 24.0, "duration_s": 8.0, "videocam": np.arange(3.0), "turn_back": None,
+                "motion": np.ones(3), "audio": {0.0: {"loudness": (np.arange(4.0), 100.0)}}}
+
+    study.segment_energies = energies
+    cache = tmp_path / "energies.json"
+    first = study.cached_energies(str(cache), Models(), None, {"eval": [0.0, 8.0]}, lambda x, **_: x)
+    again = study.cached_energies(str(cache), Models(), None, {"eval": [0.0, 8.0]}, lambda x, **_: x)
+    assert measured == [0.0, 8.0]  # the second call read the cache
+    np.testing.assert_array_equal(again["eval"][1]["videocam"], first["eval"][1]["videocam"])
+    energy, rate = again["eval"][0]["audio"][0.0]["loudness"]
+    assert rate == 100.0 and energy.tolist() == [0.0, 1.0, 2.0, 3.0] and again["eval"][0]["turn_back"] is None
+    study.cached_energies(str(cache), Models(), None, {"eval": [4.0]}, lambda x, **_: x)  # other segments: measured
+    assert measured == [0.0, 8.0, 4.0]
