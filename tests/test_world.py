@@ -371,3 +371,39 @@ def test_analysis_rejects_wrong_layouts():
         analysis.visual_events(np.zeros((4, 64, 64, 3), np.uint8), FPS, "piano")
     nothing = sync_offset_stats([], [0.1], FPS)
     assert np.isnan(nothing.median_s) and nothing.num_events == 1
+
+
+def _tempo_text_probe():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "tempo_text_probe.py"
+    spec = importlib.util.spec_from_file_location("tempo_text_probe", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tempo_text_probe_swaps_phrases_only_while_sampling_and_masks_padding():
+    probe_script = _tempo_text_probe()
+    before = {tempo: dict(phrases) for tempo, phrases in captions.TEMPO_WORDS.items()}
+    texts, fast = probe_script.sample_captions("eval", 60, seed=0, tempo_words=probe_script.DEV_TEMPO_WORDS)
+    assert captions.TEMPO_WORDS == before
+    dev_words = {tempo: words for tempo, words in probe_script.DEV_TEMPO_WORDS.items()}
+    for text, is_fast in zip(texts, fast.tolist()):
+        tempo = "fast" if is_fast else "slow"
+        assert any(phrase in text.lower() for phrase in dev_words[tempo]), text
+    # No dev phrase is a training or evaluation phrase.
+    for tempo, words in dev_words.items():
+        assert not set(words) & (set(before[tempo]["train"]) | set(before[tempo]["eval"]))
+    # Padding tokens are masked: changing them does not change the probe's output.
+    from mmg_core.text import TextEmbedding
+
+    torch.manual_seed(0)
+    probe = probe_script.AttentionProbe(8)
+    tokens = torch.randn(2, 5, 8)
+    mask = torch.tensor([[True, True, True, False, False], [True] * 5])
+    pooled = torch.randn(2, 8)
+    first = probe(TextEmbedding(tokens=tokens, mask=mask, pooled=pooled))
+    tokens[0, 3:] = 100.0
+    assert torch.allclose(first, probe(TextEmbedding(tokens=tokens, mask=mask, pooled=pooled)))
