@@ -1,6 +1,6 @@
 """How well can anything that reads the text encoder's states tell "slow" from "fast" in unseen wording?
 
-``python scripts/tempo_text_probe.py --out eval/tempo_text_probe`` (about 2 min on one core) trains a
+``python scripts/tempo_text_probe.py --out eval/tempo_text_probe`` (about 6 min on one core) trains a
 small attention probe (4 learned queries over the caption's MiniLM token states, plus the pooled
 embedding, then a linear read-out: the same inputs the world model's cross-attention and text
 embedding get) to predict a caption's tempo from training-wording captions, then scores it on captions
@@ -9,7 +9,7 @@ whose tempo phrases it never saw:
   dev   tempo phrases of neither split (below), for choosing a training vocabulary;
   eval  the held-out "eval" wording of the world's evaluation prompts (reported, never chosen on).
 
-It does this for the world's current training phrases and for the first, narrower set, so the effect
+It does this for the world's current training phrases and for the two earlier, narrower sets, so the effect
 of the vocabulary on what can be read from the encoder is measured apart from the diffusion model.
 The probe is a ceiling check, not a forecast: the world model reads the same states, but learns
 tempo only through the denoising loss.
@@ -34,6 +34,10 @@ from mmg_core.world import captions  # noqa: E402
 from mmg_core.world.config import BACKGROUNDS, COLOURS, DEFAULT_CONFIG, PITCHES, SCENES, TEMPOS  # noqa: E402
 from mmg_core.world.spec import make_spec  # noqa: E402
 
+# Captions each probe is trained on (about 30 per phrase for the widest vocabulary), and the probes averaged.
+TRAINING_CAPTIONS = 3000
+PROBE_SEEDS = (0, 1)
+
 # Tempo phrases in neither split of captions.py: the probe's validation words.
 DEV_TEMPO_WORDS = {
     "slow": ("at a snail's pace", "deliberately", "at a measured pace", "slothfully", "without haste",
@@ -46,6 +50,8 @@ FIRST_TEMPO_WORDS = {
     "slow": ("slowly", "at a slow pace", "at a leisurely pace"),
     "fast": ("fast", "quickly", "rapidly", "at a fast pace"),
 }
+# The second set (commit 0a03ba2, used from step 11837 to 14429): 14 phrases per tempo, the first 14 of today's lists.
+SECOND_TEMPO_WORDS = {tempo: captions.TEMPO_WORDS[tempo]["train"][:14] for tempo in TEMPOS}
 
 
 def sample_captions(split: str, count: int, seed: int, tempo_words: dict[str, tuple[str, ...]] | None = None):
@@ -119,6 +125,14 @@ def accuracy_by_phrase(probe: AttentionProbe, texts: list[str], text: TextEmbedd
     return {"accuracy": round(float(correct.mean()), 3), "by_phrase": by_phrase}
 
 
+def mean_of_runs(runs: list[dict]) -> dict:
+    """Accuracy and per-phrase accuracy averaged over probes trained with different seeds."""
+    return {"accuracy": round(float(np.mean([run["accuracy"] for run in runs])), 3),
+            "by_phrase": {phrase: round(float(np.mean([run["by_phrase"][phrase] for run in runs])), 3)
+                          for phrase in runs[0]["by_phrase"]},
+            "accuracy_per_seed": [run["accuracy"] for run in runs]}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="folder for report.json and report.md")
@@ -130,29 +144,34 @@ def main() -> int:
     dev_texts, dev_fast = sample_captions("eval", 400, seed=5, tempo_words=DEV_TEMPO_WORDS)
     eval_texts, eval_fast = sample_captions("eval", 400, seed=2)
     dev_text, eval_text = encoder.encode(dev_texts), encoder.encode(eval_texts)
-    vocabularies = {"current": {t: captions.TEMPO_WORDS[t]["train"] for t in TEMPOS}, "first": FIRST_TEMPO_WORDS}
+    vocabularies = {"current": {t: captions.TEMPO_WORDS[t]["train"] for t in TEMPOS},
+                    "second": SECOND_TEMPO_WORDS, "first": FIRST_TEMPO_WORDS}
+    eval_words = {t: captions.TEMPO_WORDS[t]["eval"] for t in TEMPOS}
     results = {}
     for name, words in vocabularies.items():
-        train_texts, train_fast = sample_captions("train", 1500, seed=1, tempo_words=words)
-        probe = fit_probe(encoder.encode(train_texts), train_fast)
-        results[name] = {
-            "training_phrases": words,
-            "dev": accuracy_by_phrase(probe, dev_texts, dev_text, dev_fast, DEV_TEMPO_WORDS),
-            "eval": accuracy_by_phrase(probe, eval_texts, eval_text, eval_fast,
-                                       {t: captions.TEMPO_WORDS[t]["eval"] for t in TEMPOS}),
-        }
+        runs = []
+        for seed in PROBE_SEEDS:  # one probe is noisy (+-5 points on dev): average independent ones
+            train_texts, train_fast = sample_captions("train", TRAINING_CAPTIONS, seed=1 + seed, tempo_words=words)
+            probe = fit_probe(encoder.encode(train_texts), train_fast, seed=seed)
+            runs.append({"dev": accuracy_by_phrase(probe, dev_texts, dev_text, dev_fast, DEV_TEMPO_WORDS),
+                         "eval": accuracy_by_phrase(probe, eval_texts, eval_text, eval_fast, eval_words)})
+        results[name] = {"training_phrases": words, **{split: mean_of_runs([run[split] for run in runs])
+                                                       for split in ("dev", "eval")}}
     report = {"command": "python scripts/tempo_text_probe.py " + " ".join(sys.argv[1:]),
               "seconds": round(time.perf_counter() - started, 1), "vocabularies": results}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     lines = ["# Tempo from unseen wording: an attention probe on the MiniLM states", "",
-             f"Command: `{report['command']}` ({report['seconds']:.0f} s); see the script's docstring.", "",
-             "| training phrases | dev accuracy | eval accuracy | eval by phrase |", "|---|---|---|---|"]
+             f"Command: `{report['command']}` ({report['seconds']:.0f} s); see the script's docstring. Each figure is the",
+             f"mean of {len(PROBE_SEEDS)} probes (different training captions and initial weights), each trained on "
+             f"{TRAINING_CAPTIONS} captions.", "",
+             "| training phrases | dev accuracy (per probe) | eval accuracy | eval by phrase |", "|---|---|---|---|"]
     for name, result in results.items():
         phrases = ", ".join(f"{k} {100 * v:.0f} %" for k, v in result["eval"]["by_phrase"].items())
+        per_seed = ", ".join(f"{100 * accuracy:.0f}" for accuracy in result["dev"]["accuracy_per_seed"])
         lines.append(f"| {name} ({sum(map(len, result['training_phrases'].values()))} phrases) | "
-                     f"{100 * result['dev']['accuracy']:.1f} % | {100 * result['eval']['accuracy']:.1f} % | {phrases} |")
+                     f"{100 * result['dev']['accuracy']:.1f} % ({per_seed}) | {100 * result['eval']['accuracy']:.1f} % | {phrases} |")
     (out / "report.md").write_text("\n".join(lines) + "\n")
     print((out / "report.md").read_text())
     return 0
