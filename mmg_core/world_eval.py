@@ -31,6 +31,7 @@ import itertools
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -46,7 +47,7 @@ from .codec import encode_media
 from .conditioning import Conditioning, Guidance, concat_contexts, encode_prompts
 from .pipeline import GenerationSettings, decode, generate, initial_noise
 from .world import analysis
-from .world.captions import caption_for
+from .world.captions import TEMPO_WORDS, caption_for
 from .world.config import (
     BACKGROUNDS,
     COLOURS,
@@ -357,6 +358,19 @@ def _finite_median(values: Iterable[float]) -> float:
     return float(np.median(finite)) if finite else math.nan
 
 
+def _tempo_by_phrase(records: Sequence[dict]) -> dict[str, dict]:
+    """Tempo accuracy per held-out tempo phrase ("slow: unhurriedly", ...) over the prompts that use it: where
+    tempo fails, this shows whether some wordings fail and others hold."""
+    by_phrase = {}
+    for tempo, phrases in TEMPO_WORDS.items():
+        for phrase in phrases["eval"]:
+            pattern = re.compile(rf"\b{re.escape(phrase)}\b", re.IGNORECASE)
+            flags = [r["correct"]["tempo"] for r in records if pattern.search(r["prompt"])]
+            if flags:
+                by_phrase[f"{tempo}: {phrase}"] = _rate(flags)
+    return by_phrase
+
+
 def summarise(records: Sequence[dict]) -> dict:
     """The five criteria (value, clips, threshold, passed) and descriptive details."""
     events = [r for r in records if "sync" in r]
@@ -374,6 +388,7 @@ def summarise(records: Sequence[dict]) -> dict:
         "sync_median_own_s": _finite_median(r["sync"]["own_s"] for r in events),
         "sync_median_mismatched_s": _finite_median(r["sync"]["mismatched_s"] for r in events),
         "slider_median_r": _finite_median(r["slider"]["r"] for r in sliders),
+        "tempo_accuracy_by_phrase": _tempo_by_phrase(records),
         "by_kind": {
             kind: {f"{name}_accuracy": _rate([r["correct"][name] for r in records if r["kind"] == kind])
                    for name in ("colour", "scene", "tempo")}
@@ -465,6 +480,10 @@ def _summary_markdown(report: dict) -> list[str]:
         f"| Pitch (low / high) read correctly | {_percent(details['pitch_accuracy'])} |",
         f"| Background read correctly | {_percent(details['background_accuracy'])} |",
     ]
+    for key, rate in details.get("tempo_accuracy_by_phrase", {}).items():
+        tempo, phrase = key.split(": ", 1)
+        lines.append(f"| Tempo read correctly, {tempo} prompts saying \"{phrase}\" | {_percent(rate)} "
+                     f"({rate['passed_clips']} of {rate['clips']}) |")
     for kind, label in (("unseen_combination", "unseen combinations"), ("unseen_paraphrase", "unseen paraphrases")):
         rates = by_kind[kind]
         n = rates["colour_accuracy"]["clips"]

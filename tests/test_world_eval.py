@@ -138,8 +138,30 @@ def test_ground_truth_clips_pass_every_criterion(reference_clips, tmp_path):
     assert written["criteria"] == report["criteria"] and len(written["clips"]) == len(items)
     markdown = (tmp_path / "report.md").read_text()
     assert "| Tempo read correctly | 100.0 % | ≥ 80 % | 16 | pass |" in markdown and "**PASS**" in markdown
+    # Every prompt names its tempo with exactly one held-out phrase, so the per-phrase counts add up.
+    by_phrase = report["details"]["tempo_accuracy_by_phrase"]
+    assert sum(rate["clips"] for rate in by_phrase.values()) == len(items)
+    assert all(rate["value"] == 1.0 for rate in by_phrase.values())
+    assert all(key.split(": ")[0] in TEMPOS for key in by_phrase)
     decoded = media.read_mp4(written["clips"][0]["path"])  # the analysed file is a real MP4
     assert decoded.frames.shape == (16, 64, 64, 3) and decoded.audio.shape == (1, 25600)
+
+
+def test_tempo_accuracy_is_broken_down_by_held_out_phrase():
+    from mmg_core.world_eval import _tempo_by_phrase
+
+    def record(prompt: str, correct: bool) -> dict:
+        return {"prompt": prompt, "correct": {"tempo": correct}}
+
+    slow_phrase, other_slow = captions.TEMPO_WORDS["slow"]["eval"][:2]
+    records = [record(f"A lamp blinking {slow_phrase.upper()}, a beep", False),
+               record(f"a ball bouncing {slow_phrase}", True),
+               record(f"a drum struck {other_slow}", True),
+               record("a bar sliding slowly", True)]  # training wording: in no held-out group
+    by_phrase = _tempo_by_phrase(records)
+    assert by_phrase[f"slow: {slow_phrase}"] == {"value": 0.5, "passed_clips": 1, "clips": 2}
+    assert by_phrase[f"slow: {other_slow}"]["clips"] == 1
+    assert not any(key.startswith("fast") for key in by_phrase)
 
 
 def _rotate_within(groups: dict, clips: list) -> list:
