@@ -1,8 +1,9 @@
-"""Command line: ``python -m mmg_core {generate,convert,info,train,export,eval-world,evaluate,calibrate-sync} ...``.
+"""Command line: ``python -m mmg_core {generate,convert,info,train,export,eval-world,read-world,evaluate,calibrate-sync} ...``.
 
 ``generate`` runs the same pipeline as the shipped ComfyUI workflow, without ComfyUI; ``train`` trains a
 world model (or MMG's couplers, for an MMG config); ``eval-world`` judges a world model on held-out
-prompts; ``evaluate`` scores the audio-video sync of any clips (CAM-Sync, AV-Align).
+prompts; ``read-world`` reads one world clip (scene, colour, tempo, ..., sync) against its prompt;
+``evaluate`` scores the audio-video sync of any clips (CAM-Sync, AV-Align).
 """
 
 from __future__ import annotations
@@ -128,6 +129,18 @@ def cmd_eval_world(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_read_world(args: argparse.Namespace) -> int:
+    from .world_eval import json_safe, format_world_reading, read_world_clip
+
+    reading = read_world_clip(args.clip, args.prompt)
+    if args.json:
+        Path(args.json).write_text(json.dumps(json_safe(reading), indent=1, allow_nan=False) + "\n")
+    print(format_world_reading(reading))
+    if args.check and (reading.get("differs") or not reading.get("sync", reading.get("slider"))["passed"]):
+        return 1
+    return 0
+
+
 def _codec_config(name_or_path: str):
     """A model preset's name, or a checkpoint whose config (metadata) names the codec."""
     from .models.mmdiffusion_config import PRESETS
@@ -198,6 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--modality", type=float, default=None, help="modality guidance (default 1, as the sampler node)")
     ev.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda if available)")
     ev.set_defaults(func=cmd_eval_world)
+    rw = sub.add_parser("read-world", help="read one world clip's scene, colour, tempo, pitch, background and sync")
+    rw.add_argument("clip", help="an MP4 of the world (e.g. the main job's output)")
+    rw.add_argument("--prompt", default=None, help="the clip's prompt: compare what it names with what is read")
+    rw.add_argument("--json", default=None, metavar="OUT.json", help="also write the reading as JSON")
+    rw.add_argument("--check", action="store_true",
+                    help="exit 1 if an attribute the prompt names reads differently, or sync / slider fails")
+    rw.set_defaults(func=cmd_read_world)
     from .sync.evaluate import add_evaluate_command  # sync metrics: `evaluate FILE_OR_DIR... --json OUT`
 
     add_evaluate_command(sub)

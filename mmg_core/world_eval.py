@@ -47,7 +47,7 @@ from .codec import encode_media
 from .conditioning import Conditioning, Guidance, concat_contexts, encode_prompts
 from .pipeline import GenerationSettings, decode, generate, initial_noise
 from .world import analysis
-from .world.captions import TEMPO_WORDS, caption_for
+from .world.captions import TEMPO_WORDS, caption_attributes, caption_for
 from .world.config import (
     BACKGROUNDS,
     COLOURS,
@@ -534,14 +534,14 @@ def report_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _json_safe(value):
+def json_safe(value):
     """NaN / inf become null (JSON has no NaN)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -550,7 +550,7 @@ def write_report(report: dict, out_dir: str | os.PathLike) -> tuple[Path, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out / "report.json", out / "report.md"
-    json_path.write_text(json.dumps(_json_safe(report), indent=1, allow_nan=False) + "\n")
+    json_path.write_text(json.dumps(json_safe(report), indent=1, allow_nan=False) + "\n")
     md_path.write_text(report_markdown(report))
     return json_path, md_path
 
@@ -749,4 +749,64 @@ def format_summary(report: dict) -> str:
         lines.append(f"{'pass' if c['passed'] else 'FAIL'}  {label}: {_percent(c)} of {c['clips']} clips "
                      f"(needs ≥ {100 * c['threshold']:.0f} %)")
     lines.append(f"overall: {'PASS' if report['passed'] else 'FAIL'}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# One clip, any source: what the analysis reads, against what a prompt asks
+
+
+def read_world_clip(path: str | os.PathLike, prompt: str | None = None) -> dict:
+    """Analyse one MP4 of the world (e.g. the main job's output) and, given its prompt, compare.
+
+    Only attributes the prompt names unambiguously are compared (``caption_attributes``). The sync
+    verdict here is the absolute half of the evaluation's rule (median onset-to-event distance <= half a
+    frame); the relative half needs other clips' audio and belongs to ``eval-world``.
+    """
+    clip = media.read_mp4(path)
+    if clip.audio is None:
+        raise ValueError(f"{path} has no audio stream; reading a world clip needs sound and picture")
+    fps = float(clip.fps)
+    result = analysis.analyse_clip(clip.frames, clip.audio, int(clip.sample_rate), fps)
+    reading = {
+        "path": str(path),
+        "frames": int(clip.frames.shape[0]),
+        "fps": fps,
+        "read": result.attributes,
+        "visual_events_s": [round(t, 4) for t in result.events],
+        "audio_onsets_s": [round(t, 4) for t in result.onsets],
+    }
+    if result.scene in EVENT_SCENES:
+        median = result.sync.median_s
+        reading["sync"] = {"median_onset_to_event_s": median, "max_s": SYNC_MAX_FRAMES / fps,
+                           "passed": bool(math.isfinite(median) and median <= SYNC_MAX_FRAMES / fps)}
+    else:
+        r = result.slider_r
+        reading["slider"] = {"r": r, "passed": bool(math.isfinite(r) and r >= SLIDER_MIN_R)}
+    if prompt is not None:
+        asked = {name: next(iter(values)) for name, values in caption_attributes(prompt).items() if len(values) == 1}
+        reading["prompt"] = prompt
+        reading["asked"] = asked
+        reading["differs"] = sorted(name for name, value in asked.items() if result.attributes[name] != value)
+    return reading
+
+
+def format_world_reading(reading: dict) -> str:
+    """The reading as a few terminal lines."""
+    read = reading["read"]
+    lines = [f"{reading['path']}: {reading['frames']} frames at {reading['fps']:g} fps",
+             "read: " + ", ".join(f"{name} {value}" for name, value in read.items())]
+    if "sync" in reading:
+        sync = reading["sync"]
+        lines.append(f"sync: median onset-to-event {_ms(sync['median_onset_to_event_s'])} "
+                     f"(at most {_ms(sync['max_s'])}): {'pass' if sync['passed'] else 'FAIL'}; "
+                     f"events at {reading['visual_events_s']} s, onsets at {reading['audio_onsets_s']} s")
+    else:
+        slider = reading["slider"]
+        lines.append(f"slider: height-pitch r = {_fmt_r(slider['r'])} (at least {SLIDER_MIN_R}): "
+                     f"{'pass' if slider['passed'] else 'FAIL'}")
+    if "asked" in reading:
+        asked = ", ".join(f"{name} {value}" for name, value in reading["asked"].items())
+        verdict = "all read as asked" if not reading["differs"] else "read differently: " + ", ".join(reading["differs"])
+        lines.append(f"prompt asks: {asked}: {verdict}")
     return "\n".join(lines)

@@ -164,6 +164,31 @@ def test_tempo_accuracy_is_broken_down_by_held_out_phrase():
     assert not any(key.startswith("fast") for key in by_phrase)
 
 
+def test_read_world_reads_one_clip_against_its_prompt(reference_clips, tmp_path, capsys):
+    items, clips = reference_clips
+    index = next(i for i, item in enumerate(items) if item.scene == "ball")
+    item, clip = items[index], clips[index]
+    path = tmp_path / "ball.mp4"
+    media.write_mp4(path, clip.frames, clip.audio, fps=clip.fps, sample_rate=clip.sample_rate)
+    out = tmp_path / "reading.json"
+    assert main(["read-world", str(path), "--prompt", item.prompt, "--json", str(out), "--check"]) == 0
+    reading = json.loads(out.read_text())
+    assert reading["read"]["scene"] == "ball" and reading["read"]["colour"] == item.colour
+    assert reading["asked"]["tempo"] == item.tempo and reading["differs"] == []
+    assert reading["sync"]["passed"] and reading["sync"]["median_onset_to_event_s"] <= 0.005
+    assert "all read as asked" in capsys.readouterr().out
+    # A prompt naming another colour and the other tempo: both are reported, and --check fails.
+    colour = next(c for c in ("red", "green", "blue") if c != item.colour)
+    tempo = "slowly" if item.tempo == "fast" else "fast"
+    assert main(["read-world", str(path), "--prompt", f"a {colour} ball bouncing {tempo}", "--check"]) == 1
+    assert "read differently: colour, tempo" in capsys.readouterr().out
+    # Audio from another clip: the picture still reads, the sync check fails.
+    other = next(i for i, it in enumerate(items) if it.scene == "ball" and it.tempo != item.tempo)
+    media.write_mp4(path, clip.frames, clips[other].audio, fps=clip.fps, sample_rate=clip.sample_rate)
+    assert main(["read-world", str(path), "--check"]) == 1
+    assert main(["read-world", str(tmp_path / "missing.mp4")]) == 2
+
+
 def _rotate_within(groups: dict, clips: list) -> list:
     """Give every clip the audio of the next clip of its group (a derangement within each group)."""
     swapped = list(clips)
