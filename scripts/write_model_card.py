@@ -54,8 +54,9 @@ CAPTION_HISTORY = (
     "run used a narrower first set (3-4 phrases per tempo, 3 subject phrases per scene, as of commit fcac85a);",
     "from then to step 14429, 14 phrases per tempo and 5-6 subject phrases per scene; from step 14429 on, about",
     "50 phrases per tempo, so that tempo is read from what the words mean rather than from a few memorised",
-    "ones (the tempo text probe chose this on its dev phrases, which belong to neither split). No phrase added",
-    "since the first set shares a word stem with a held-out one.",
+    "ones. The tempo text probe reads tempo phrases of neither split about equally badly after any of the",
+    "three sets (64.7 / 55.1 / 62.0 %, `eval/tempo_text_probe`). No phrase added since the first set shares a",
+    "word stem with a held-out one.",
 )
 
 
