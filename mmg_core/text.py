@@ -278,11 +278,30 @@ class TextEncoder:
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
 
-    def _forward(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def layer_states(self, texts: Sequence[str]) -> list[TextEmbedding]:
+        """For analysis (not conditioning): the states of every layer, the embedding layer first and the
+        last layer (what ``encode`` returns) last, each padded, masked and pooled like ``encode``. Uncached."""
+        texts = _check_texts(texts)
+        with self._lock:
+            ids, mask = self._tokenize(texts)
+            with torch.no_grad():
+                layers = self._model(input_ids=ids, attention_mask=mask.long(), token_type_ids=torch.zeros_like(ids),
+                                     output_hidden_states=True).hidden_states
+        embeddings = []
+        for states in layers:
+            tokens = states.float() * rearrange(mask, "b t -> b t 1")
+            embeddings.append(TextEmbedding(tokens=tokens, mask=mask, pooled=self._pool(tokens, mask)))
+        return embeddings
+
+    def _tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         self.load()
         encodings = self._tokenizer.encode_batch(texts)
         ids = torch.tensor([e.ids for e in encodings], dtype=torch.long)  # (B, T)
         mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.bool)  # (B, T)
+        return ids, mask
+
+    def _forward(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        ids, mask = self._tokenize(texts)
         with torch.no_grad():
             states = self._model(
                 input_ids=ids, attention_mask=mask.long(), token_type_ids=torch.zeros_like(ids)

@@ -1,6 +1,6 @@
 """How well can anything that reads the text encoder's states tell "slow" from "fast" in unseen wording?
 
-``python scripts/tempo_text_probe.py --out eval/tempo_text_probe`` (about 6 min on one core) trains a
+``python scripts/tempo_text_probe.py --out eval/tempo_text_probe [--layers]`` (about 5 min on one core; 8 with --layers) trains a
 small attention probe (4 learned queries over the caption's MiniLM token states, plus the pooled
 embedding, then a linear read-out: the same inputs the world model's cross-attention and text
 embedding get) to predict a caption's tempo from training-wording captions, then scores it on captions
@@ -11,6 +11,8 @@ whose tempo phrases it never saw:
 
 It does this for the world's current training phrases and for the two earlier, narrower sets, so the effect
 of the vocabulary on what can be read from the encoder is measured apart from the diffusion model.
+With ``--layers`` it also trains probes (current vocabulary) on each layer of the encoder, embedding layer
+first: whether an earlier layer than the last, the one the world model reads, carries tempo better.
 The probe is a ceiling check, not a forecast: the world model reads the same states, but learns
 tempo only through the denoising loss.
 """
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 from einops import einsum, rearrange
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
@@ -125,6 +128,12 @@ def accuracy_by_phrase(probe: AttentionProbe, texts: list[str], text: TextEmbedd
     return {"accuracy": round(float(correct.mean()), 3), "by_phrase": by_phrase}
 
 
+def encode_layers(encoder, texts: list[str], chunk: int = 256) -> list[TextEmbedding]:
+    """Every layer's states for ``texts`` (encoded in chunks to bound memory), embedding layer first."""
+    parts = [encoder.layer_states(texts[start:start + chunk]) for start in range(0, len(texts), chunk)]
+    return [TextEmbedding.cat([part[layer] for part in parts]) for layer in range(len(parts[0]))]
+
+
 def mean_of_runs(runs: list[dict]) -> dict:
     """Accuracy and per-phrase accuracy averaged over probes trained with different seeds."""
     return {"accuracy": round(float(np.mean([run["accuracy"] for run in runs])), 3),
@@ -133,46 +142,82 @@ def mean_of_runs(runs: list[dict]) -> dict:
             "accuracy_per_seed": [run["accuracy"] for run in runs]}
 
 
+def averaged_probe(train_sets: list[tuple[TextEmbedding, torch.Tensor]], tests: dict) -> dict:
+    """One probe per training set (its index is the probe's seed), scored on each test set
+    (name -> (texts, embedding, is_fast, phrases)); accuracies averaged over the probes."""
+    runs = []
+    for seed, (train_text, train_fast) in enumerate(train_sets):
+        probe = fit_probe(train_text, train_fast, seed=seed)
+        runs.append({name: accuracy_by_phrase(probe, texts, text, fast, phrases)
+                     for name, (texts, text, fast, phrases) in tests.items()})
+    return {name: mean_of_runs([run[name] for run in runs]) for name in tests}
+
+
+def layer_results(encoder, words: dict, dev: tuple, eval_: tuple) -> list[dict]:
+    """Probes on each encoder layer's states (embedding layer = 0), trained on ``words``' captions."""
+    train = [sample_captions("train", TRAINING_CAPTIONS, seed=1 + seed, tempo_words=words) for seed in PROBE_SEEDS]
+    train_layers = [encode_layers(encoder, texts) for texts, _ in train]
+    dev_layers, eval_layers = encode_layers(encoder, dev[0]), encode_layers(encoder, eval_[0])
+    results = []
+    for layer in tqdm(range(len(dev_layers)), desc="layers"):
+        tests = {"dev": (dev[0], dev_layers[layer], *dev[2:]), "eval": (eval_[0], eval_layers[layer], *eval_[2:])}
+        sets = [(layers[layer], fast) for layers, (_, fast) in zip(train_layers, train)]
+        results.append({"layer": layer, **averaged_probe(sets, tests)})
+    return results
+
+
+def report_markdown(report: dict) -> str:
+    lines = ["# Tempo from unseen wording: an attention probe on the MiniLM states", "",
+             f"Command: `{report['command']}` ({report['seconds']:.0f} s); see the script's docstring. Each figure is the",
+             f"mean of {len(PROBE_SEEDS)} probes (different training captions and initial weights), each trained on "
+             f"{TRAINING_CAPTIONS} captions.", "",
+             "| training phrases | dev accuracy (per probe) | eval accuracy | eval by phrase |", "|---|---|---|---|"]
+    for name, result in report["vocabularies"].items():
+        phrases = ", ".join(f"{k} {100 * v:.0f} %" for k, v in result["eval"]["by_phrase"].items())
+        per_seed = ", ".join(f"{100 * accuracy:.0f}" for accuracy in result["dev"]["accuracy_per_seed"])
+        lines.append(f"| {name} ({sum(map(len, result['training_phrases'].values()))} phrases) | "
+                     f"{100 * result['dev']['accuracy']:.1f} % ({per_seed}) | {100 * result['eval']['accuracy']:.1f} % | {phrases} |")
+    if report.get("layers"):
+        lines += ["", "Per encoder layer (current phrases; layer 6 is the last, which the world model reads):", "",
+                  "| layer | dev accuracy (per probe) | eval accuracy |", "|---|---|---|"]
+        for result in report["layers"]:
+            per_seed = ", ".join(f"{100 * accuracy:.0f}" for accuracy in result["dev"]["accuracy_per_seed"])
+            lines.append(f"| {result['layer']} | {100 * result['dev']['accuracy']:.1f} % ({per_seed}) | "
+                         f"{100 * result['eval']['accuracy']:.1f} % |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="folder for report.json and report.md")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--layers", action="store_true", help="also probe every encoder layer (about 10 min more)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     encoder = default_text_encoder()
     dev_texts, dev_fast = sample_captions("eval", 400, seed=5, tempo_words=DEV_TEMPO_WORDS)
     eval_texts, eval_fast = sample_captions("eval", 400, seed=2)
-    dev_text, eval_text = encoder.encode(dev_texts), encoder.encode(eval_texts)
-    vocabularies = {"current": {t: captions.TEMPO_WORDS[t]["train"] for t in TEMPOS},
-                    "second": SECOND_TEMPO_WORDS, "first": FIRST_TEMPO_WORDS}
     eval_words = {t: captions.TEMPO_WORDS[t]["eval"] for t in TEMPOS}
+    dev = (dev_texts, encoder.encode(dev_texts), dev_fast, DEV_TEMPO_WORDS)
+    eval_ = (eval_texts, encoder.encode(eval_texts), eval_fast, eval_words)
+    current = {t: captions.TEMPO_WORDS[t]["train"] for t in TEMPOS}
+    vocabularies = {"current": current, "second": SECOND_TEMPO_WORDS, "first": FIRST_TEMPO_WORDS}
     results = {}
     for name, words in vocabularies.items():
-        runs = []
-        for seed in PROBE_SEEDS:  # one probe is noisy (+-5 points on dev): average independent ones
-            train_texts, train_fast = sample_captions("train", TRAINING_CAPTIONS, seed=1 + seed, tempo_words=words)
-            probe = fit_probe(encoder.encode(train_texts), train_fast, seed=seed)
-            runs.append({"dev": accuracy_by_phrase(probe, dev_texts, dev_text, dev_fast, DEV_TEMPO_WORDS),
-                         "eval": accuracy_by_phrase(probe, eval_texts, eval_text, eval_fast, eval_words)})
-        results[name] = {"training_phrases": words, **{split: mean_of_runs([run[split] for run in runs])
-                                                       for split in ("dev", "eval")}}
-    report = {"command": "python scripts/tempo_text_probe.py " + " ".join(sys.argv[1:]),
-              "seconds": round(time.perf_counter() - started, 1), "vocabularies": results}
+        # One probe is noisy (+-5 points on dev): average independent ones.
+        train_sets = [sample_captions("train", TRAINING_CAPTIONS, seed=1 + seed, tempo_words=words) for seed in PROBE_SEEDS]
+        results[name] = {"training_phrases": words,
+                         **averaged_probe([(encoder.encode(texts), fast) for texts, fast in train_sets],
+                                          {"dev": dev, "eval": eval_})}
+    report = {"command": "python scripts/tempo_text_probe.py " + " ".join(sys.argv[1:]), "vocabularies": results}
+    if args.layers:
+        report["layers"] = layer_results(encoder, current, dev, eval_)
+    report["seconds"] = round(time.perf_counter() - started, 1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-    lines = ["# Tempo from unseen wording: an attention probe on the MiniLM states", "",
-             f"Command: `{report['command']}` ({report['seconds']:.0f} s); see the script's docstring. Each figure is the",
-             f"mean of {len(PROBE_SEEDS)} probes (different training captions and initial weights), each trained on "
-             f"{TRAINING_CAPTIONS} captions.", "",
-             "| training phrases | dev accuracy (per probe) | eval accuracy | eval by phrase |", "|---|---|---|---|"]
-    for name, result in results.items():
-        phrases = ", ".join(f"{k} {100 * v:.0f} %" for k, v in result["eval"]["by_phrase"].items())
-        per_seed = ", ".join(f"{100 * accuracy:.0f}" for accuracy in result["dev"]["accuracy_per_seed"])
-        lines.append(f"| {name} ({sum(map(len, result['training_phrases'].values()))} phrases) | "
-                     f"{100 * result['dev']['accuracy']:.1f} % ({per_seed}) | {100 * result['eval']['accuracy']:.1f} % | {phrases} |")
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    (out / "report.md").write_text(report_markdown(report))
     print((out / "report.md").read_text())
     return 0
 

@@ -67,8 +67,8 @@ PROMPTING_SECTION = (
     "  background\", ...) work best.",
     "- Tempo in words the model never saw is often misread. The text encoder's states carry it weakly: a probe",
     "  trained on them reads tempo right on only 55-65 % of captions with tempo phrases of neither split and",
-    "  68-73 % of the held-out ones, whichever training vocabulary it learns from (`python",
-    "  scripts/tempo_text_probe.py --out eval/tempo_text_probe`).",
+    "  68-73 % of the held-out ones, whichever training vocabulary it learns from, and no layer of the encoder",
+    "  does clearly better (`python scripts/tempo_text_probe.py --out eval/tempo_text_probe --layers`).",
     "",
 )
 

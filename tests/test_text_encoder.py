@@ -64,6 +64,18 @@ def test_shapes_dtypes_and_mask(encoder):
     torch.testing.assert_close(out.pooled.norm(dim=-1), torch.ones(2))
 
 
+def test_layer_states_end_with_what_encode_returns(encoder):
+    layers = encoder.layer_states(CAPTIONS)
+    assert len(layers) == 7  # the embedding layer and MiniLM-L6's six transformer layers
+    last, encoded = layers[-1], encoder.encode(CAPTIONS)
+    torch.testing.assert_close(last.tokens, encoded.tokens)
+    torch.testing.assert_close(last.pooled, encoded.pooled)
+    assert torch.equal(last.mask, encoded.mask)
+    for layer in layers:
+        assert layer.tokens.shape == (3, 32, 384) and torch.all(layer.tokens[~layer.mask] == 0)
+    assert not torch.allclose(layers[0].tokens, last.tokens)
+
+
 def test_pooled_is_masked_mean_of_tokens():
     raw = TextEncoder(TextEncoderConfig(normalize=False)).encode(CAPTIONS[:1])
     n = int(raw.mask.sum())
