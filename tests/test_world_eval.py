@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import itertools
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,6 +31,7 @@ from mmg_core.world_eval import (
 )
 
 SHIPPED = load_eval_prompts()
+REPO = Path(__file__).resolve().parents[1]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -248,3 +251,27 @@ def test_eval_world_command_runs_a_tiny_model_end_to_end(tmp_path):
         assert clip.frames.shape == (16, 64, 64, 3) and clip.audio.shape == (1, 25600) and clip.fps == 10
         assert json.loads(clip.metadata["mmg_eval"])["prompt"] == record["prompt"]
     assert "## Evaluation on unseen prompts" in (out / "report.md").read_text()
+
+
+def test_tempo_wording_diagnostic_swaps_only_the_tempo_phrase(tmp_path):
+    path = REPO / "scripts" / "tempo_wording_diagnostic.py"
+    spec = importlib.util.spec_from_file_location("tempo_wording_diagnostic", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "prompts.json"
+    assert module.main(["--out", str(out)]) == 0
+    swapped = load_eval_prompts(out)
+    assert len(swapped) == len(SHIPPED)
+    for before, after in zip(SHIPPED, swapped):
+        assert dataclasses.replace(after, prompt=before.prompt) == before  # ids, seeds, attributes kept
+        assert caption_attributes(after.prompt)["tempo"] == {before.tempo}
+        held_out = [p for tempo in TEMPOS for p in captions.TEMPO_WORDS[tempo]["eval"]]
+        assert not any(phrase in after.prompt.lower() for phrase in held_out), after.prompt
+        # Only the tempo phrase changed: the rest of the words are the original's.
+        removed = set(re.findall(r"[a-z]+", before.prompt.lower())) - set(re.findall(r"[a-z]+", after.prompt.lower()))
+        assert removed <= {w for phrase in held_out for w in phrase.split()}, removed
+    bad = tmp_path / "bad.json"
+    payload = json.loads(out.read_text())  # tempo words already swapped: no held-out phrase to replace
+    bad.write_text(json.dumps(payload))
+    with pytest.raises(ValueError, match="no held-out phrase"):
+        module.main(["--prompts", str(bad), "--out", str(tmp_path / "again.json")])
