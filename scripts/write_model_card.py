@@ -69,6 +69,9 @@ PROMPTING_SECTION = (
     "  trained on them reads tempo right on only 55-65 % of captions with tempo phrases of neither split and",
     "  68-73 % of the held-out ones, whichever training vocabulary it learns from, and no layer of the encoder",
     "  does clearly better (`python scripts/tempo_text_probe.py --out eval/tempo_text_probe --layers`).",
+    "- The rhythm itself is made: with each held-out tempo phrase replaced by \"fast\" or \"slowly\" and every",
+    "  other word unchanged, the same 64 prompts' tempo comes out right far more often (`eval/tempo_wording/`,",
+    "  from `scripts/tempo_wording_diagnostic.py`); the unseen tempo words are what is misread.",
     "",
 )
 
