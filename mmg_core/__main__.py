@@ -136,7 +136,8 @@ def cmd_read_world(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(json_safe(reading), indent=1, allow_nan=False) + "\n")
     print(format_world_reading(reading))
-    if args.check and (reading.get("differs") or not reading.get("sync", reading.get("slider"))["passed"]):
+    timing = reading["sync"] if "sync" in reading else reading["slider"]  # event scenes vs the slider
+    if args.check and (reading.get("differs") or not timing["passed"]):
         return 1
     return 0
 

@@ -31,7 +31,6 @@ import itertools
 import json
 import math
 import os
-import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -47,7 +46,7 @@ from .codec import encode_media
 from .conditioning import Conditioning, Guidance, concat_contexts, encode_prompts
 from .pipeline import GenerationSettings, decode, generate, initial_noise
 from .world import analysis
-from .world.captions import TEMPO_WORDS, caption_attributes, caption_for
+from .world.captions import TEMPO_WORDS, caption_attributes, caption_for, phrase_pattern
 from .world.config import (
     BACKGROUNDS,
     COLOURS,
@@ -286,9 +285,17 @@ def _same_tempo_event_clips(readings: Sequence[ClipReading], i: int) -> list[int
     return [j for j in order if readings[j].item.scene in EVENT_SCENES and readings[j].item.tempo == tempo]
 
 
+def _within_half_frame(own: float, fps: float) -> bool:
+    """The absolute half of the sync rule: the own median onset-to-event distance is defined and small."""
+    return bool(math.isfinite(own) and own <= SYNC_MAX_FRAMES / fps)
+
+
 def _in_sync(own: float, mismatched: float, fps: float) -> bool:
-    return bool(math.isfinite(own) and math.isfinite(mismatched)
-                and own <= SYNC_MAX_FRAMES / fps and own <= SYNC_MISMATCH_RATIO * mismatched)
+    return bool(_within_half_frame(own, fps) and math.isfinite(mismatched) and own <= SYNC_MISMATCH_RATIO * mismatched)
+
+
+def _slider_passes(r: float) -> bool:
+    return bool(math.isfinite(r) and r >= SLIDER_MIN_R)
 
 
 def sync_scores(readings: Sequence[ClipReading]) -> list[SyncScore | None]:
@@ -336,8 +343,7 @@ def clip_record(reading: ClipReading, sync: SyncScore | None) -> dict:
     if sync is not None:
         record["sync"] = {**asdict(sync), "max_s": SYNC_MAX_FRAMES / reading.fps}
     if reading.item.scene == "slider":
-        record["slider"] = {"r": reading.slider_r,
-                            "passed": bool(math.isfinite(reading.slider_r) and reading.slider_r >= SLIDER_MIN_R)}
+        record["slider"] = {"r": reading.slider_r, "passed": _slider_passes(reading.slider_r)}
     return record
 
 
@@ -364,7 +370,7 @@ def _tempo_by_phrase(records: Sequence[dict]) -> dict[str, dict]:
     by_phrase = {}
     for tempo, phrases in TEMPO_WORDS.items():
         for phrase in phrases["eval"]:
-            pattern = re.compile(rf"\b{re.escape(phrase)}\b", re.IGNORECASE)
+            pattern = phrase_pattern(phrase)
             flags = [r["correct"]["tempo"] for r in records if pattern.search(r["prompt"])]
             if flags:
                 by_phrase[f"{tempo}: {phrase}"] = _rate(flags)
@@ -779,10 +785,9 @@ def read_world_clip(path: str | os.PathLike, prompt: str | None = None) -> dict:
     if result.scene in EVENT_SCENES:
         median = result.sync.median_s
         reading["sync"] = {"median_onset_to_event_s": median, "max_s": SYNC_MAX_FRAMES / fps,
-                           "passed": bool(math.isfinite(median) and median <= SYNC_MAX_FRAMES / fps)}
+                           "passed": _within_half_frame(median, fps)}
     else:
-        r = result.slider_r
-        reading["slider"] = {"r": r, "passed": bool(math.isfinite(r) and r >= SLIDER_MIN_R)}
+        reading["slider"] = {"r": result.slider_r, "passed": _slider_passes(result.slider_r)}
     if prompt is not None:
         asked = {name: next(iter(values)) for name, values in caption_attributes(prompt).items() if len(values) == 1}
         reading["prompt"] = prompt

@@ -1,10 +1,10 @@
 """How well can anything that reads the text encoder's states tell "slow" from "fast" in unseen wording?
 
-``python scripts/tempo_text_probe.py --out eval/tempo_text_probe [--layers]`` (about 5 min on one core; 8 with --layers) trains a
-small attention probe (4 learned queries over the caption's MiniLM token states, plus the pooled
-embedding, then a linear read-out: the same inputs the world model's cross-attention and text
-embedding get) to predict a caption's tempo from training-wording captions, then scores it on captions
-whose tempo phrases it never saw:
+``python scripts/tempo_text_probe.py --out eval/tempo_text_probe [--layers]`` (about 5 min on one core,
+8 with ``--layers``) trains a small attention probe (4 learned queries over the caption's MiniLM token
+states, plus the pooled embedding, then a linear read-out: the same inputs the world model's
+cross-attention and text embedding get) to predict a caption's tempo from training-wording captions,
+then scores it on captions whose tempo phrases it never saw:
 
   dev   tempo phrases of neither split (below), for choosing a training vocabulary;
   eval  the held-out "eval" wording of the world's evaluation prompts (reported, never chosen on).
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 from einops import einsum, rearrange
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
@@ -191,7 +191,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="folder for report.json and report.md")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--layers", action="store_true", help="also probe every encoder layer (about 10 min more)")
+    parser.add_argument("--layers", action="store_true", help="also probe every encoder layer (about 3 min more)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from mmg_core.world.captions import TEMPO_WORDS  # noqa: E402
+from mmg_core.world.captions import TEMPO_WORDS, phrase_pattern  # noqa: E402
 from mmg_core.world_eval import DEFAULT_PROMPTS_PATH, EvalPrompt, load_eval_prompts  # noqa: E402
 
 PLAIN_TEMPO = {"fast": "fast", "slow": "slowly"}
@@ -31,7 +30,7 @@ PLAIN_TEMPO = {"fast": "fast", "slow": "slowly"}
 def with_plain_tempo(item: EvalPrompt) -> EvalPrompt:
     """``item`` with its held-out tempo phrase replaced by PLAIN_TEMPO[its tempo]; refuses prompts without one."""
     for phrase in TEMPO_WORDS[item.tempo]["eval"]:
-        pattern = re.compile(rf"\b{re.escape(phrase)}\b", re.IGNORECASE)
+        pattern = phrase_pattern(phrase)
         if pattern.search(item.prompt):
             return replace(item, prompt=pattern.sub(PLAIN_TEMPO[item.tempo], item.prompt, count=1))
     raise ValueError(f"prompt {item.id} names its tempo ({item.tempo}) with no held-out phrase: {item.prompt!r}")

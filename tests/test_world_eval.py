@@ -260,18 +260,18 @@ def test_tempo_wording_diagnostic_swaps_only_the_tempo_phrase(tmp_path):
     spec.loader.exec_module(module)
     out = tmp_path / "prompts.json"
     assert module.main(["--out", str(out)]) == 0
+    # The committed diagnostic prompts are exactly what the script writes from the shipped ones.
+    assert out.read_text() == (REPO / "eval" / "tempo_wording" / "prompts.json").read_text()
     swapped = load_eval_prompts(out)
     assert len(swapped) == len(SHIPPED)
+    held_out = [p for tempo in TEMPOS for p in captions.TEMPO_WORDS[tempo]["eval"]]
     for before, after in zip(SHIPPED, swapped):
         assert dataclasses.replace(after, prompt=before.prompt) == before  # ids, seeds, attributes kept
         assert caption_attributes(after.prompt)["tempo"] == {before.tempo}
-        held_out = [p for tempo in TEMPOS for p in captions.TEMPO_WORDS[tempo]["eval"]]
         assert not any(phrase in after.prompt.lower() for phrase in held_out), after.prompt
         # Only the tempo phrase changed: the rest of the words are the original's.
         removed = set(re.findall(r"[a-z]+", before.prompt.lower())) - set(re.findall(r"[a-z]+", after.prompt.lower()))
         assert removed <= {w for phrase in held_out for w in phrase.split()}, removed
-    bad = tmp_path / "bad.json"
-    payload = json.loads(out.read_text())  # tempo words already swapped: no held-out phrase to replace
-    bad.write_text(json.dumps(payload))
+    # Swapping twice is refused: the swapped prompts have no held-out phrase left to replace.
     with pytest.raises(ValueError, match="no held-out phrase"):
-        module.main(["--prompts", str(bad), "--out", str(tmp_path / "again.json")])
+        module.main(["--prompts", str(out), "--out", str(tmp_path / "again.json")])

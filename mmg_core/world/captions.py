@@ -219,6 +219,11 @@ def default_caption(spec: ClipSpec, split: str = "train") -> str:
     return caption_for(spec, np.random.default_rng([spec.seed, 0]), split)
 
 
+def phrase_pattern(phrase: str) -> re.Pattern:
+    """Matches ``phrase`` as whole words, any case (how prompts are searched for a paraphrase)."""
+    return re.compile(rf"\b{re.escape(phrase)}\b", re.IGNORECASE)
+
+
 def caption_attributes(caption: str) -> dict[str, set[str]]:
     """For each attribute, the set of values whose words occur in ``caption`` (whole words, any case)."""
     words = set(re.findall(r"[a-z]+", caption.lower()))
