@@ -51,6 +51,7 @@ from mmg_core.sync.camsync import (  # noqa: E402
     DEFAULT_MAX_LAG_S, TIMELINE_RATE, SyncResult, _db, centred_start, correlate_onsets, log_mel_power, onset_form,
     resample_held, video_events,
 )
+from study_report import write_study_report  # noqa: E402 (a sibling script)
 
 AUDIO = ("audiocam", "loudness", "percussive")
 FLOORS = (0.25, 0.5, 0.75)
@@ -256,11 +257,7 @@ def main() -> int:
     report = {"command": "python scripts/sync_variant_study.py " + " ".join(sys.argv[1:]),
               "seconds": time.perf_counter() - started, "models": dict(models.notes), "segments": {k: len(v) for k, v in sets.items()},
               "variants": variants}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-    (out / "report.md").write_text(markdown(report))
-    print((out / "report.md").read_text())
+    write_study_report(args.out, report, markdown(report))
     return 0
 
 

@@ -20,7 +20,6 @@ tempo only through the denoising loss.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from mmg_core.text import TextEmbedding, default_text_encoder  # noqa: E402
 from mmg_core.world import captions  # noqa: E402
 from mmg_core.world.config import BACKGROUNDS, COLOURS, DEFAULT_CONFIG, PITCHES, SCENES, TEMPOS  # noqa: E402
 from mmg_core.world.spec import make_spec  # noqa: E402
+from study_report import write_study_report  # noqa: E402 (a sibling script)
 
 # Captions each probe is trained on (about 30 per phrase for the widest vocabulary), and the probes averaged.
 TRAINING_CAPTIONS = 3000
@@ -214,11 +214,7 @@ def main() -> int:
     if args.layers:
         report["layers"] = layer_results(encoder, current, dev, eval_)
     report["seconds"] = round(time.perf_counter() - started, 1)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-    (out / "report.md").write_text(report_markdown(report))
-    print((out / "report.md").read_text())
+    write_study_report(args.out, report, report_markdown(report))
     return 0
 
 

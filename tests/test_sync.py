@@ -3,7 +3,6 @@ audio classifier's training script, best-of-N ranking and the ``evaluate`` comma
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -17,7 +16,7 @@ from mmg_core import media
 from mmg_core.__main__ import main
 from mmg_core.sync import (
     AudioEventNet, SyncModels, audio_cam, av_align, av_align_score, cam_sync, grad_cam, load_audio_classifier,
-    load_frame_classifier, onset_motion_sync, rank_by_cam_sync, save_audio_classifier, score_clip, sync_energies,
+    load_frame_classifier, onset_motion_sync, pooled_sync, rank_by_cam_sync, save_audio_classifier, score_clip, sync_energies,
     video_cam,
 )
 from mmg_core.sync import backbones
@@ -268,6 +267,26 @@ def test_offset_sign_convention_on_constructed_energies():
     assert aligned.score_at_0 == pytest.approx(1.0) and aligned.score == pytest.approx(1.0)
 
 
+def test_pooled_sync_finds_the_shared_lag_that_single_noisy_clips_miss():
+    rng, delay = np.random.default_rng(1), 3  # every clip's audio is late by 3 steps (0.12 s)
+    results = []
+    for clip in range(40):
+        video = np.zeros(200)
+        video[rng.choice(np.arange(10, 190), 4, replace=False)] = 1.0  # 4 synced events in 8 s
+        audio = np.roll(video, delay) * 0.4
+        audio[rng.choice(np.arange(200), 12, replace=False)] += 1.0  # louder unrelated sounds (music, cuts)
+        duration = 8.0 if clip % 2 else 3.0  # a 3 s clip searches +-1.48 s only: pooled on the shared lags
+        steps = int(duration * 25)
+        results.append(sync_energies(video[:steps], 25.0, audio[:steps], 25.0, duration_s=duration))
+    single_hits = np.mean([abs(r.offset_s - delay / 25) <= 0.04 for r in results])
+    pooled = pooled_sync(results + [sync_energies(np.zeros(100), 25.0, np.ones(100), 25.0, duration_s=4.0)])
+    assert single_hits < 0.3  # most single clips lock onto the unrelated sounds (0.2 here)
+    assert pooled.offset_s == pytest.approx(delay / 25, abs=0.02) and pooled.synchronizable
+    assert pooled.confidence > 0 and pooled.lags_s.max() == pytest.approx(1.48)
+    nothing = pooled_sync([sync_energies(np.zeros(100), 25.0, np.ones(100), 25.0, duration_s=4.0)])
+    assert not nothing.synchronizable and "no synchronizable clip" in nothing.reason
+
+
 @pytest.mark.parametrize("frames_late", [-3, 0, 2, 5])
 def test_cam_sync_offset_follows_rolled_audio(lamp_and_cam, frames_late):
     clip, visual = lamp_and_cam
@@ -329,11 +348,9 @@ def test_rank_by_cam_sync_puts_the_aligned_candidate_first(frame_net):
 
 
 def _training_script():
-    path = ROOT / "scripts" / "train_audio_classifier.py"
-    spec = importlib.util.spec_from_file_location("train_audio_classifier", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from repo_scripts import load_script
+
+    return load_script("train_audio_classifier")
 
 
 def test_training_script_is_deterministic_and_writes_its_config(tmp_path):
@@ -428,6 +445,8 @@ def test_evaluate_command_writes_json_csv_and_plots(tmp_path, capsys):
     assert broken["error"] and broken["cam_sync"] is None
     assert data["aggregate"]["clips"] == 2 and data["aggregate"]["errors"] == 1
     assert data["aggregate"]["cam_sync"]["count"] == 1 and "audio late" in data["offset_convention"]
+    pooled = data["aggregate"]["pooled"]  # one clip: the pooled curve is its own
+    assert pooled["clips"] == 1 and pooled["offset_s"] == pytest.approx(lamp["offset_s"], abs=1e-5)
     assert table.read_text().splitlines()[0].startswith("path,cam_sync,offset_s,confidence,cam_sync_at_0,av_align")
     assert {p.name for p in plots.iterdir()} == {"lamp_cam.png", "lamp_onsets.png", "lamp_xcorr.png"}
     missing = ["evaluate", str(tmp_path / "nothing"), "--json", str(report), "--audio-classifier", str(audio_file)]

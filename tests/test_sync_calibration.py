@@ -14,9 +14,11 @@ from mmg_core.__main__ import main
 from mmg_core.sync import SyncModels, load_frame_classifier
 from mmg_core.sync.backbones import DEFAULT_AUDIO_CLASSIFIER
 from mmg_core.sync.calibration import (
-    Film, av_align_offset, segment_starts, summarise_real, summarise_synthetic, synthetic_calibration, verdicts,
+    Film, av_align_offset, markdown_report, real_calibration, segment_starts, summarise_real, summarise_synthetic,
+    synthetic_calibration, verdicts,
 )
 from mmg_core.sync.gradcam import motion_maps, shot_cuts, turn_back_maps
+from repo_scripts import load_script
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -103,6 +105,30 @@ def test_real_summary_counts_tracked_rolls_and_unsynchronizable_segments():
     assert off["tracked"] == 0.0  # 0.09 s off the roll is more than the 0.08 s tolerance
 
 
+def test_real_calibration_pools_segments_and_tracks_rolls_on_a_lamp_film(tmp_path):
+    """A 20 s "film" of a blinking lamp with its beeps: every segment, and the pool of them, is in sync,
+    and rolling the audio moves the pooled offset by the roll."""
+    from mmg_core import media
+    from mmg_core.world import WorldConfig, make_spec, render_clip
+    from sync_stand_ins import LoudnessNet
+
+    config = WorldConfig(frames=200)
+    clip = render_clip(make_spec(3, config, scene="lamp", colour="white", background="dark", tempo="fast",
+                                 pitch="high"), config)
+    film = media.write_mp4(tmp_path / "lamp.mp4", clip.frames_uint8(), clip.audio.numpy(), fps=config.fps,
+                           sample_rate=config.sample_rate)
+    models = SyncModels(frames=load_frame_classifier(), audio=LoudnessNet().eval())
+    report = real_calibration(models, film, segments=2, length_s=6.0, rolls_s=(-0.4, 0.4), short_side=64,
+                              progress=False)
+    pooled = report["pooled"]["cam_sync"]
+    assert pooled["segments"] == 2 and pooled["rolls_tracked"] == 1.0 and pooled["zero_within_0.1s"]
+    assert pooled["offset_s"]["0.4"] == pytest.approx(pooled["offset_s"]["0"] + 0.4, abs=0.04)
+    assert set(report["pooled"]) == {"cam_sync", "onset_sync"}
+    text = markdown_report({"command": "test", "seconds": 1.0, "models": {}, "real": report,
+                            "verdicts": verdicts({"real": report})})
+    assert "### All segments pooled" in text and "| cam_sync (2 segments) |" in text
+
+
 def test_synthetic_summary_and_verdicts():
     clips = [{"offsets": {"0.1": {m: {"offset_s": 0.1 + e} for m in ("cam_sync", "av_align", "onset_sync")}}}
              for e in (0.0, 0.05, 0.2)]
@@ -141,20 +167,8 @@ def test_calibrate_command_writes_both_reports(tmp_path, capsys):
 # The held-out variant study (scripts/sync_variant_study.py): its signal pieces
 
 
-def _variant_study():
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    scripts = Path(__file__).resolve().parents[1] / "scripts"
-    sys.path.insert(0, str(scripts))  # it imports its sibling get_big_buck_bunny
-    try:
-        spec = importlib.util.spec_from_file_location("sync_variant_study", scripts / "sync_variant_study.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(scripts))
-    return module
+def _variant_study(name: str = "sync_variant_study"):
+    return load_script(name)
 
 
 def test_variant_study_median_percussive_split_and_peak_trains():
@@ -201,3 +215,28 @@ def test_variant_study_floor_mixes_cam_and_motion_and_cache_round_trips(tmp_path
     assert rate == 100.0 and energy.tolist() == [0.0, 1.0, 2.0, 3.0] and again["eval"][0]["turn_back"] is None
     study.cached_energies(str(cache), Models(), None, {"eval": [4.0]}, lambda x, **_: x)  # other segments: measured
     assert measured == [0.0, 8.0, 4.0]
+
+
+# ----------------------------------------------------------------------------------------------
+# The window-length study (scripts/sync_window_study.py)
+
+
+def test_window_study_chunks_tile_the_film_and_joined_windows_find_a_weak_shared_lag():
+    study = _variant_study("sync_window_study")
+    starts = study.chunk_starts(60.0, 24.0)
+    assert starts[0] == 5.0 and np.allclose(np.diff(starts), 8.0) and starts[-1] + 8.0 <= 55.0
+    # 16 chunks of 8 s: in each, 2 synced events (audio 0.12 s late) among 6 unrelated louder sounds.
+    rng, delay = np.random.default_rng(2), 3
+    video, audio = [], []
+    for _ in range(16):
+        v = np.zeros(200)
+        v[rng.choice(np.arange(10, 190), 2, replace=False)] = 1.0
+        a = np.roll(v, delay) * 0.5
+        a[rng.choice(np.arange(200), 6, replace=False)] += 1.0
+        video.append(v)
+        audio.append(a)
+    single = np.array(study.window_offsets(video, audio, 1))
+    whole = study.window_offsets(video, audio, 16)
+    assert single.size == 16 and np.mean(np.abs(single - 0.12) <= 0.04) < 0.5
+    assert len(whole) == 1 and whole[0] == pytest.approx(0.12, abs=0.02)
+    assert math.isnan(study.window_offsets([np.zeros(200)], [audio[0]], 1)[0])  # a flat side: no offset

@@ -374,14 +374,9 @@ def test_analysis_rejects_wrong_layouts():
 
 
 def _tempo_text_probe():
-    import importlib.util
-    from pathlib import Path
+    from repo_scripts import load_script
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "tempo_text_probe.py"
-    spec = importlib.util.spec_from_file_location("tempo_text_probe", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tempo_text_probe")
 
 
 def test_tempo_text_probe_swaps_phrases_only_while_sampling_and_masks_padding():

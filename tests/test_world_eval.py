@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import itertools
 import json
 import re
@@ -254,10 +253,9 @@ def test_eval_world_command_runs_a_tiny_model_end_to_end(tmp_path):
 
 
 def test_tempo_wording_diagnostic_swaps_only_the_tempo_phrase(tmp_path):
-    path = REPO / "scripts" / "tempo_wording_diagnostic.py"
-    spec = importlib.util.spec_from_file_location("tempo_wording_diagnostic", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    from repo_scripts import load_script
+
+    module = load_script("tempo_wording_diagnostic")
     out = tmp_path / "prompts.json"
     assert module.main(["--out", str(out)]) == 0
     # The committed diagnostic prompts are exactly what the script writes from the shipped ones.

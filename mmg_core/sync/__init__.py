@@ -31,6 +31,7 @@ from .camsync import (
     av_align_score,
     cam_sync,
     onset_motion_sync,
+    pooled_sync,
     sync_energies,
 )
 from .evaluate import ClipScores, RankedCandidate, evaluate_files, rank_by_cam_sync, score_clip
@@ -61,6 +62,7 @@ __all__ = [
     "load_frame_classifier",
     "load_sync_models",
     "onset_motion_sync",
+    "pooled_sync",
     "rank_by_cam_sync",
     "save_audio_classifier",
     "score_clip",

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -167,6 +168,36 @@ def correlate_onsets(audio_onsets: np.ndarray, video_onsets: np.ndarray, rate: f
         score=float(r[index]), offset_s=lag / rate, confidence=float(r[index] - np.median(r)),
         score_at_0=float(r[lags == 0][0]), lags_s=lags / rate, correlation=r,
     )
+
+
+def pooled_sync(results: Sequence[SyncResult]) -> SyncResult:
+    """One offset for many clips: the mean of their correlation curves, read like one clip's.
+
+    Why pool curves rather than take the median of per-clip offsets: on a short clip of real footage
+    (music, cuts, camera moves) the true lag is often not the highest peak, so per-clip offsets
+    scatter over the whole lag range; but the true lag is raised a little in most clips while the
+    spurious peaks fall at different lags, so it stands out in the mean curve. This is what tells a
+    set of clips (one model's outputs, one film) whose audio is late by a constant amount.
+    Unsynchronizable results are skipped; the curves are compared on the lags every clip has
+    (short clips search a shorter range). NaN with a reason when no clip can be used.
+    """
+    usable = [r for r in results if r.synchronizable and r.correlation.size]
+    if not usable:
+        return unsynchronizable("no synchronizable clip to pool")
+    common_max_lag_s = min(float(np.max(np.abs(r.lags_s))) for r in usable)
+    step_s = float(usable[0].lags_s[1] - usable[0].lags_s[0])
+    curves = []
+    for result in usable:
+        if not math.isclose(float(result.lags_s[1] - result.lags_s[0]), step_s):
+            raise ValueError("pooled_sync needs every clip's correlation on the same lag step")
+        keep = np.abs(result.lags_s) <= common_max_lag_s + 1e-9
+        curves.append(result.correlation[keep])
+    lags_s = usable[0].lags_s[np.abs(usable[0].lags_s) <= common_max_lag_s + 1e-9]
+    mean = np.mean(curves, axis=0)
+    index, lag_steps = _peak(mean, np.round(lags_s / step_s))
+    return SyncResult(score=float(mean[index]), offset_s=lag_steps * step_s,
+                      confidence=float(mean[index] - np.median(mean)),
+                      score_at_0=float(mean[np.argmin(np.abs(lags_s))]), lags_s=lags_s, correlation=mean)
 
 
 def sync_energies(

@@ -3,7 +3,9 @@
 ``python -m mmg_core evaluate FILE_OR_DIR... --json OUT [--csv OUT] [--plots DIR]`` writes, per clip,
 ``cam_sync`` (peak correlation), ``offset_s`` (see camsync.OFFSET_CONVENTION: positive = audio
 late), ``confidence``, ``cam_sync_at_0``, ``av_align`` and the model-free ``onset_sync``, and
-aggregates over all clips. Unsynchronizable clips keep NaN scores (``null`` in JSON, empty in CSV)
+aggregates over all clips, among them ``pooled``: one offset for the whole set from the mean of the
+clips' correlation curves (camsync.pooled_sync), the way to tell a systematic lag (a model's, a
+film's) that single short clips are too noisy to show. Unsynchronizable clips keep NaN scores (``null`` in JSON, empty in CSV)
 with a ``reason``; a file that cannot be read (or is too short to score) gets an ``error`` and the run
 goes on.
 
@@ -30,7 +32,7 @@ from einops import rearrange
 from .backbones import DEFAULT_FRAME_SIZE, SyncModels, load_sync_models
 from .camsync import (
     DEFAULT_MAX_LAG_S, OFFSET_CONVENTION, TIMELINE_RATE, AVAlign, SyncResult, av_align, cam_onsets, cam_sync,
-    onset_motion_sync, unsynchronizable,
+    onset_motion_sync, pooled_sync, unsynchronizable,
 )
 from .gradcam import AudioCam, VideoCam, audio_cam, video_cam
 
@@ -105,7 +107,22 @@ def clip_record(path: str, scores: ClipScores, sample_rate: int | None, seconds:
         "sample_rate": sample_rate,
         "seconds": round(seconds, 3),
         "error": None,
+        # The correlation over lag, so aggregate() can pool clips (pooled_sync); not in the CSV.
+        "cam_sync_curve": _curve(scores.cam_sync),
     }
+
+
+def _curve(result: SyncResult) -> dict[str, list[float]] | None:
+    if not result.synchronizable:
+        return None
+    return {"lags_s": [round(float(lag), 6) for lag in result.lags_s],
+            "correlation": [round(float(r), 6) for r in result.correlation]}
+
+
+def _from_curve(curve: dict[str, list[float]]) -> SyncResult:
+    """A SyncResult carrying just a record's stored curve (all pooled_sync reads)."""
+    return SyncResult(math.nan, math.nan, math.nan, math.nan, lags_s=np.asarray(curve["lags_s"]),
+                      correlation=np.asarray(curve["correlation"]))
 
 
 def expand_paths(paths: Sequence[str | os.PathLike]) -> list[Path]:
@@ -170,6 +187,11 @@ def aggregate(records: list[dict]) -> dict:
     for name in ("cam_sync", "cam_sync_at_0", "confidence", "av_align", "onset_sync"):
         summary[name] = _stats([r[name] for r in scored])
     summary["abs_offset_s"] = _stats([abs(r["offset_s"]) for r in scored if r["offset_s"] is not None])
+    curves = [_from_curve(r["cam_sync_curve"]) for r in scored if r.get("cam_sync_curve")]
+    pooled = pooled_sync(curves)
+    summary["pooled"] = {"offset_s": _number(pooled.offset_s), "score": _number(pooled.score),
+                         "confidence": _number(pooled.confidence), "score_at_0": _number(pooled.score_at_0),
+                         "clips": len(curves), "reason": pooled.reason}
     return summary
 
 
@@ -294,7 +316,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(write_csv(args.csv, records))
     summary = aggregate(records)
     print(f"{summary['clips']} clips, {summary['synchronizable']} synchronizable, {summary['errors']} unreadable; "
-          f"mean cam_sync {summary['cam_sync']['mean']}, mean av_align {summary['av_align']['mean']}", file=sys.stderr)
+          f"mean cam_sync {summary['cam_sync']['mean']}, mean av_align {summary['av_align']['mean']}; "
+          f"pooled offset {summary['pooled']['offset_s']} s over {summary['pooled']['clips']} clips", file=sys.stderr)
     return 0
 
 
