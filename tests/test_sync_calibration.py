@@ -105,6 +105,16 @@ def test_real_summary_counts_tracked_rolls_and_unsynchronizable_segments():
     assert off["tracked"] == 0.0  # 0.09 s off the roll is more than the 0.08 s tolerance
 
 
+def test_real_verdicts_compare_every_figure_with_both_baselines():
+    def figures(tracked, zero):
+        return {"tracked": tracked, "tracked_of_all_rolls": tracked, "unsynchronizable": 0.0, "zero_within_0.1s": zero}
+
+    real = {"cam_sync": figures(0.85, 0.05), "av_align": figures(0.25, 0.45), "onset_sync": figures(0.6, 0.15)}
+    checks = verdicts({"real": {"summary": real}})
+    assert checks["real rolls tracked >= 80 %"] and checks["CAM-Sync tracks more rolls than both baselines"]
+    assert not checks["CAM-Sync has offset(0) within 0.1 s more often than both baselines"]
+
+
 def test_real_calibration_pools_segments_and_tracks_rolls_on_a_lamp_film(tmp_path):
     """A 20 s "film" of a blinking lamp with its beeps: every segment, and the pool of them, is in sync,
     and rolling the audio moves the pooled offset by the roll."""

@@ -423,6 +423,9 @@ def verdicts(report: dict) -> dict[str, bool]:
         checks["real unsynchronizable <= 25 %"] = (cam["unsynchronizable"] or 0) <= TARGETS["real_unsynchronizable"]
         checks["CAM-Sync tracks more rolls than both baselines"] = all(
             (cam["tracked_of_all_rolls"] or 0) > (real[m]["tracked_of_all_rolls"] or 0) for m in ("av_align", "onset_sync"))
+        # "CAM-Sync must beat both on the real-footage figures": offset(0) near zero is one of them.
+        checks["CAM-Sync has offset(0) within 0.1 s more often than both baselines"] = all(
+            (cam["zero_within_0.1s"] or 0) > (real[m]["zero_within_0.1s"] or 0) for m in ("av_align", "onset_sync"))
     return checks
 
 
