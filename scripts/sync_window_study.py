@@ -97,7 +97,8 @@ def window_figures(onsets: list[dict], method: str, chunks_per_window: int) -> d
     measured = np.isfinite(zero)
     tracked = [abs(by_roll[roll][i] - zero[i] - roll) <= REAL_TOLERANCE_S + 1e-9
                for roll in REAL_ROLLS_S for i in np.flatnonzero(measured)]
-    return {"window_s": chunks_per_window * CHUNK_S, "windows": int(zero.size), "measured": int(measured.sum()),
+    return {"window_s": chunks_per_window * CHUNK_S, "label": f"{chunks_per_window * CHUNK_S:g} s",
+            "windows": int(zero.size), "measured": int(measured.sum()),
             "zero_within_0.1s": round(float(np.mean(np.abs(zero[measured]) <= ZERO_TOLERANCE_S)), 4),
             "zero_within_0.2s": round(float(np.mean(np.abs(zero[measured]) <= 2 * ZERO_TOLERANCE_S)), 4),
             "median_abs_offset0_s": round(float(np.median(np.abs(zero[measured]))), 4),
@@ -121,7 +122,7 @@ def study(onsets: list[dict]) -> dict:
     results = {}
     for method in METHODS:
         windows = [window_figures(onsets, method, k) for k in (*WINDOW_CHUNKS, len(onsets))]
-        windows[-1]["window_s"] = f"whole film ({len(onsets) * CHUNK_S:g} s)"
+        windows[-1]["label"] = f"whole film ({windows[-1]['label']})"
         results[method] = {"windows": windows, "pooled": pooled_figures(onsets, method)}
     return results
 
@@ -135,9 +136,8 @@ def markdown(report: dict) -> str:
              "|---|---|---|---|---|---|---|"]
     for method, result in report["methods"].items():
         for w in result["windows"]:
-            window = w["window_s"] if isinstance(w["window_s"], str) else f"{w['window_s']:g} s"
             tracked = "n/a" if w["tracked"] is None else f"{100 * w['tracked']:.1f} %"
-            lines.append(f"| {method} | {window} | {w['measured']} of {w['windows']} | {100 * w['zero_within_0.1s']:.1f} % "
+            lines.append(f"| {method} | {w['label']} | {w['measured']} of {w['windows']} | {100 * w['zero_within_0.1s']:.1f} % "
                          f"| {100 * w['zero_within_0.2s']:.1f} % | {w['median_abs_offset0_s']:.3f} s | {tracked} |")
     lines += ["", "All chunks pooled (mean of the chunks' correlation curves, `pooled_sync`), per roll of the soundtrack:", "",
               "| method | " + " | ".join(f"roll {float(r):+g} s" for r in report["methods"]["cam_sync"]["pooled"]) + " |",

@@ -250,3 +250,13 @@ def test_window_study_chunks_tile_the_film_and_joined_windows_find_a_weak_shared
     assert single.size == 16 and np.mean(np.abs(single - 0.12) <= 0.04) < 0.5
     assert len(whole) == 1 and whole[0] == pytest.approx(0.12, abs=0.02)
     assert math.isnan(study.window_offsets([np.zeros(200)], [audio[0]], 1)[0])  # a flat side: no offset
+    # The whole study on those chunks: each roll of every chunk's audio moves the whole-film offset by the roll.
+    onsets = [{method: {"video": v, "audio": {roll: np.roll(a, round(roll * 25)) for roll in (0.0, *study.REAL_ROLLS_S)}}
+               for method in study.METHODS} for v, a in zip(video, audio)]
+    result = study.study(onsets)["cam_sync"]
+    whole_film = result["windows"][-1]
+    assert whole_film["label"] == "whole film (128 s)" and whole_film["tracked"] == 1.0
+    assert result["pooled"]["0"]["offset_s"] == pytest.approx(0.12, abs=0.02)
+    report = {"command": "test", "seconds": 1.0, "film": "f.mp4", "chunks": 16, "models": {},
+              "methods": study.study(onsets)}
+    assert "| cam_sync | whole film (128 s) | 1 of 1 |" in study.markdown(report)

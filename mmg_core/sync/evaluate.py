@@ -5,9 +5,9 @@
 late), ``confidence``, ``cam_sync_at_0``, ``av_align`` and the model-free ``onset_sync``, and
 aggregates over all clips, among them ``pooled``: one offset for the whole set from the mean of the
 clips' correlation curves (camsync.pooled_sync), the way to tell a systematic lag (a model's, a
-film's) that single short clips are too noisy to show. Unsynchronizable clips keep NaN scores (``null`` in JSON, empty in CSV)
-with a ``reason``; a file that cannot be read (or is too short to score) gets an ``error`` and the run
-goes on.
+film's) that single short clips are too noisy to show. Unsynchronizable clips keep NaN scores
+(``null`` in JSON, empty in CSV) with a ``reason``; a file that cannot be read (or is too short to
+score) gets an ``error`` and the run goes on.
 
 ``rank_by_cam_sync`` is the best-of-N helper: it orders generated candidates by CAM-Sync.
 """
