@@ -60,6 +60,10 @@ CAPTION_HISTORY = (
 )
 
 
+# The run's thread count changed between resumes; the config only holds the current one.
+THREAD_HISTORY = "2 up to step 3647, 1 from there to step 21886, 2 since"
+
+
 PROMPTING_SECTION = (
     "## Prompting and known limits",
     "- The model knows only its world. Name the scene (ball, drum, lamp, bar), one of the 7 colours, the tempo,",
@@ -158,7 +162,7 @@ def write_card(report_path: Path | None, codec_report: Path | None = None) -> st
         f"wall time {state['elapsed_s'] / 3600:.2f} h; loss weighting `{train['loss_weighting']}`.",
         *_initialisation_lines(train),
         f"- Hardware: 2-core x86-64 CPU (no GPU), {train.get('threads') or 'default'} torch thread(s) "
-        f"per process; exported on {exported.get('exported_on', platform.platform())}.",
+        f"per process ({THREAD_HISTORY}); exported on {exported.get('exported_on', platform.platform())}.",
         f"- Optimiser: AdamW lr {train['lr']} (warm-up {train['warmup_steps']}{_decay_text(train)}), "
         f"EMA {train['ema_decay']}, grad clip {train['grad_clip']}.",
         f"- Loss over the last logged steps: total {loss['loss']:.4f} (video {loss['loss_video']:.4f}, "
