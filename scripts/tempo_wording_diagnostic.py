@@ -9,6 +9,11 @@ writes the 64 evaluation prompts (`mmg_core/world/eval_prompts.json`) with each 
 every other word, the seeds and the asked attributes stay as they are. If the model gets tempo right on
 these prompts but not on the originals, tempo is lost in reading the unseen words, not in making the
 rhythm. A diagnostic only: these prompts are not the evaluation (their tempo words are seen in training).
+
+With ``--wording dev`` the held-out phrase is replaced instead by a development phrase of its tempo, one
+in neither split of captions.py (the tempo text probe's DEV_TEMPO_WORDS, taken in turn): unseen wording
+that is not the evaluation's, on which sampling settings can be chosen without looking at the held-out
+phrases (scripts/tempo_guidance_study.py).
 """
 
 from __future__ import annotations
@@ -24,28 +29,56 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from mmg_core.world.captions import TEMPO_WORDS, phrase_pattern  # noqa: E402
 from mmg_core.world_eval import DEFAULT_PROMPTS_PATH, EvalPrompt, load_eval_prompts  # noqa: E402
 
+from tempo_text_probe import DEV_TEMPO_WORDS  # noqa: E402 (a sibling script)
+
 PLAIN_TEMPO = {"fast": "fast", "slow": "slowly"}
+WORDINGS = ("plain", "dev")
+
+
+def with_tempo_phrase(item: EvalPrompt, phrase: str) -> EvalPrompt:
+    """``item`` with its held-out tempo phrase replaced by ``phrase``; refuses prompts without one."""
+    for held_out in TEMPO_WORDS[item.tempo]["eval"]:
+        pattern = phrase_pattern(held_out)
+        if pattern.search(item.prompt):
+            # A function as replacement: a phrase is inserted literally (no backslash escapes).
+            return replace(item, prompt=pattern.sub(lambda _: phrase, item.prompt, count=1))
+    raise ValueError(f"prompt {item.id} names its tempo ({item.tempo}) with no held-out phrase: {item.prompt!r}")
 
 
 def with_plain_tempo(item: EvalPrompt) -> EvalPrompt:
-    """``item`` with its held-out tempo phrase replaced by PLAIN_TEMPO[its tempo]; refuses prompts without one."""
-    for phrase in TEMPO_WORDS[item.tempo]["eval"]:
-        pattern = phrase_pattern(phrase)
-        if pattern.search(item.prompt):
-            return replace(item, prompt=pattern.sub(PLAIN_TEMPO[item.tempo], item.prompt, count=1))
-    raise ValueError(f"prompt {item.id} names its tempo ({item.tempo}) with no held-out phrase: {item.prompt!r}")
+    """``item`` with its held-out tempo phrase replaced by PLAIN_TEMPO[its tempo]."""
+    return with_tempo_phrase(item, PLAIN_TEMPO[item.tempo])
+
+
+def with_dev_tempo(items: list[EvalPrompt]) -> list[EvalPrompt]:
+    """Each item's held-out tempo phrase replaced by the next DEV_TEMPO_WORDS phrase of its tempo, in turn."""
+    used = {tempo: 0 for tempo in DEV_TEMPO_WORDS}
+    swapped = []
+    for item in items:
+        phrases = DEV_TEMPO_WORDS[item.tempo]
+        swapped.append(with_tempo_phrase(item, phrases[used[item.tempo] % len(phrases)]))
+        used[item.tempo] += 1
+    return swapped
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", default=str(DEFAULT_PROMPTS_PATH), help="evaluation prompts to start from")
     parser.add_argument("--out", required=True, help="where to write the swapped prompts (JSON)")
+    parser.add_argument("--wording", choices=WORDINGS, default="plain",
+                        help="plain: 'fast' / 'slowly' (seen in training); dev: development phrases of neither split")
     args = parser.parse_args(argv)
     source = json.loads(Path(args.prompts).read_text())
-    items = [with_plain_tempo(item) for item in load_eval_prompts(args.prompts)]
+    originals = load_eval_prompts(args.prompts)
+    if args.wording == "plain":
+        items = [with_plain_tempo(item) for item in originals]
+        replacement = f"replaced by {PLAIN_TEMPO}"
+    else:
+        items = with_dev_tempo(originals)
+        replacement = "replaced by the tempo text probe's DEV_TEMPO_WORDS in turn"
     payload = {**{key: value for key, value in source.items() if key != "items"},
                "made_by": f"scripts/tempo_wording_diagnostic.py from {source.get('made_by')}: held-out tempo "
-                          f"phrases replaced by {PLAIN_TEMPO}",
+                          f"phrases {replacement}",
                "items": [asdict(item) for item in items]}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

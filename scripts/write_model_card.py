@@ -76,6 +76,10 @@ PROMPTING_SECTION = (
     "- The rhythm itself is made: with each held-out tempo phrase replaced by \"fast\" or \"slowly\" and every",
     "  other word unchanged, the same 64 prompts' tempo comes out right far more often (`eval/tempo_wording/`,",
     "  from `scripts/tempo_wording_diagnostic.py`); the unseen tempo words are what is misread.",
+    "- Guidance does not mend the reading: with tempo phrases of neither split (the probe's dev phrases) in",
+    "  place of the held-out ones, tempo comes out right about as often as a coin toss at every text-guidance",
+    "  scale tried, 1.5 to 10, and most clips come out fast whatever was asked",
+    "  (`python scripts/tempo_guidance_study.py --out eval/tempo_guidance`; figures in its report.md).",
     "",
 )
 

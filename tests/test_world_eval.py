@@ -273,3 +273,54 @@ def test_tempo_wording_diagnostic_swaps_only_the_tempo_phrase(tmp_path):
     # Swapping twice is refused: the swapped prompts have no held-out phrase left to replace.
     with pytest.raises(ValueError, match="no held-out phrase"):
         module.main(["--prompts", str(out), "--out", str(tmp_path / "again.json")])
+
+
+def test_dev_wording_uses_phrases_of_neither_split_each_in_turn(tmp_path):
+    from repo_scripts import load_script
+
+    module = load_script("tempo_wording_diagnostic")
+    probe = load_script("tempo_text_probe")
+    out = tmp_path / "dev.json"
+    assert module.main(["--wording", "dev", "--out", str(out)]) == 0
+    # The guidance study's committed prompts are exactly these.
+    assert out.read_text() == (REPO / "eval" / "tempo_guidance" / "dev_prompts.json").read_text()
+    swapped = load_eval_prompts(out)
+    held_out = [p for tempo in TEMPOS for p in captions.TEMPO_WORDS[tempo]["eval"]]
+    used = []
+    for before, after in zip(SHIPPED, swapped):
+        assert dataclasses.replace(after, prompt=before.prompt) == before
+        found = [p for p in probe.DEV_TEMPO_WORDS[before.tempo] if p in after.prompt.lower()]
+        assert len(found) == 1, after.prompt
+        used.append(found[0])
+        assert not any(phrase in after.prompt.lower() for phrase in held_out), after.prompt
+        # The dev phrase names no tempo by a word the captions use: the reading is truly unseen.
+        assert caption_attributes(after.prompt)["tempo"] == set(), after.prompt
+    # Taken in turn: every dev phrase of a tempo is used, as evenly as the prompt counts allow.
+    counts = {phrase: used.count(phrase) for tempo in TEMPOS for phrase in probe.DEV_TEMPO_WORDS[tempo]}
+    assert min(counts.values()) >= 1 and max(counts.values()) - min(counts.values()) <= 1, counts
+
+
+def test_tempo_guidance_study_tables_tempo_and_the_models_lean():
+    from repo_scripts import load_script
+
+    module = load_script("tempo_guidance_study")
+
+    def clip(asked: str, seen: str, phrase: str) -> dict:
+        return {"prompt": f"A red ball bouncing {phrase}, a click at every bounce",
+                "intended": {"tempo": asked}, "measured": {"tempo": seen}}
+
+    clips = [clip("fast", "fast", "hastily"), clip("fast", "slow", "hastily"), clip("slow", "fast", "at a crawl"),
+             clip("slow", "slow", "deliberately")]
+    figures = module.tempo_figures(clips)
+    assert figures["tempo_accuracy"] == 0.5 and figures["read_fast"] == 0.5
+    assert figures["by_phrase"] == {"fast: hastily": "1/2", "slow: at a crawl": "0/1", "slow: deliberately": "1/1"}
+    assert figures["asked_read"] == {"fast -> fast": 1, "fast -> slow": 1, "slow -> fast": 1, "slow -> slow": 1}
+    with pytest.raises(ValueError, match="expected one fast dev phrase"):
+        module.dev_phrase_of("a ball bouncing fast", "fast")
+    criteria = {"colour_accuracy": 1.0, "scene_accuracy": 0.9, "sync_pass_rate": 0.95, "slider_pass_rate": 1.0,
+                "tempo_accuracy": 0.5}
+    runs = [{"scale": scale, "criteria": criteria, **figures} for scale in (3.0, 1.5)]
+    text = module.markdown({"out": "eval/tempo_guidance", "model": "m.safetensors", "seconds": 12.0, "runs": runs})
+    assert "| 3 | 50.0 % | 50.0 % | 100.0 % | 90.0 % | 95.0 % | 100.0 % |" in text
+    assert "| 1.5 | 50.0 % |" in text
+    assert "| slow: at a crawl | 0/1 | 0/1 |" in text
