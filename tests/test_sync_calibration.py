@@ -105,6 +105,24 @@ def test_real_summary_counts_tracked_rolls_and_unsynchronizable_segments():
     assert off["tracked"] == 0.0  # 0.09 s off the roll is more than the 0.08 s tolerance
 
 
+def test_real_summary_tells_a_reading_of_zero_from_a_habit_of_zero():
+    # Follows every roll from a true zero: right on every roll, never zero when zero is wrong.
+    reader = summarise_real(fake_real_segments([0.0, 0.05], rolls=(-0.4, 0.2, 0.8)))["cam_sync"]
+    assert reader["within_0.1s_of_roll"] == 1.0 and reader["zero_when_rolled_far"] == 0.0
+    # Answers zero whatever the roll: "offset(0) near zero" alike, but zero when zero is 0.4 s or more wrong.
+    segments = fake_real_segments([0.0, 0.05], rolls=(-0.4, 0.2, 0.8))
+    for segment in segments:
+        for roll, result in segment["offsets"].items():
+            result["cam_sync"]["offset_s"] = 0.0
+    stuck = summarise_real(segments)["cam_sync"]
+    assert stuck["zero_within_0.1s"] == reader["zero_within_0.1s"] == 1.0
+    assert stuck["zero_when_rolled_far"] == 1.0  # 4 of 4 far rolls (-0.4, +0.8) read as zero
+    assert stuck["within_0.1s_of_roll"] == 0.25  # right only at roll 0: 2 of 8 results
+    # Unsynchronizable results count as misses in both figures.
+    lost = summarise_real(fake_real_segments([math.nan, 0.0], rolls=(0.4,)))["cam_sync"]
+    assert lost["within_0.1s_of_roll"] == 0.5 and lost["zero_when_rolled_far"] == 0.0
+
+
 def test_real_verdicts_compare_every_figure_with_both_baselines():
     def figures(tracked, zero):
         return {"tracked": tracked, "tracked_of_all_rolls": tracked, "unsynchronizable": 0.0, "zero_within_0.1s": zero}
@@ -137,6 +155,10 @@ def test_real_calibration_pools_segments_and_tracks_rolls_on_a_lamp_film(tmp_pat
     text = markdown_report({"command": "test", "seconds": 1.0, "models": {}, "real": report,
                             "verdicts": verdicts({"real": report})})
     assert "### All segments pooled" in text and "| cam_sync (2 segments) |" in text
+    # The lamp film is in sync by construction: CAM-Sync reads every roll, and never zero for a far roll.
+    summary = report["summary"]["cam_sync"]
+    assert summary["within_0.1s_of_roll"] == 1.0 and summary["zero_when_rolled_far"] == 0.0
+    assert "Reading zero, or answering zero?" in text and "| cam_sync | 100.0 % | 0.0 % |" in text
 
 
 def test_synthetic_summary_and_verdicts():

@@ -15,6 +15,11 @@ segments whose lag-0 measurement is unsynchronizable count separately; also repo
 offset(0) itself is within 0.1 s of zero (the film is mastered in sync), and the same figures for
 all segments pooled (the mean of their correlation curves, camsync.pooled_sync): one 8 s segment is
 often too noisy to show the film's alignment, the pooled curve shows whether the film as a whole does.
+Two more figures tell a reading of zero from a habit of answering zero: how often the offset is within
+0.1 s of the roll itself, over every roll (0 included; the true offset if the film is mastered in sync),
+and how often it is within 0.1 s of zero when the audio was rolled by 0.4 s or more, so that zero is
+wrong by at least that much (an estimator that prefers zero scores high on "offset(0) near zero" and
+on this one alike).
 
 AV-Align is a score, not an offset estimator; its offset here is the lag (whole frames, within the
 same +-2 s) that maximises the AV-Align score of the audio onsets moved by that lag, the smallest
@@ -47,6 +52,8 @@ METHODS = ("cam_sync", "av_align", "onset_sync")
 REAL_ROLLS_S = (-0.8, -0.4, -0.2, 0.2, 0.4, 0.8)
 REAL_TOLERANCE_S = 0.08
 ZERO_TOLERANCE_S = 0.1
+# Rolls at least this large make "offset near zero" wrong by at least this much (the habit-of-zero figure).
+FAR_ROLL_S = 0.4
 SYNTHETIC_ROLL_FRAMES = (-4, -2, -1, 1, 2, 4)
 SYNTHETIC_ROLL_SECONDS = (-0.5, 0.5)
 SYNTHETIC_SCENES = ("ball", "drum", "lamp")  # scenes with events; the slider's tone has no onsets
@@ -181,6 +188,9 @@ def summarise_real(segments: list[dict], tolerance_s: float = REAL_TOLERANCE_S) 
                 value = result[method]["offset_s"]
                 tracked += _finite(value) and abs(value - zero[i] - float(roll)) <= tolerance_s + 1e-9
         all_rolls = sum(len(s["offsets"]) - 1 for s in segments)
+        # Every (segment, roll) result, measurable or not: the absolute figures below count failures as misses.
+        results = [(float(roll), result[method]["offset_s"]) for s in segments for roll, result in s["offsets"].items()]
+        far_rolls = [value for roll, value in results if abs(roll) >= FAR_ROLL_S - 1e-9]
         summary[method] = {
             "tracked": _fraction(tracked, total),
             "tracked_of_all_rolls": _fraction(tracked, all_rolls),
@@ -188,6 +198,10 @@ def summarise_real(segments: list[dict], tolerance_s: float = REAL_TOLERANCE_S) 
             "unsynchronizable": _fraction(len(segments) - len(measurable), len(segments)),
             "zero_within_0.1s": _fraction(sum(abs(zero[i]) <= ZERO_TOLERANCE_S for i in measurable), len(segments)),
             "median_abs_offset0_s": None if not measurable else round(float(np.median(np.abs([zero[i] for i in measurable]))), 4),
+            "within_0.1s_of_roll": _fraction(
+                sum(_finite(value) and abs(value - roll) <= ZERO_TOLERANCE_S + 1e-9 for roll, value in results), len(results)),
+            "zero_when_rolled_far": _fraction(
+                sum(_finite(value) and abs(value) <= ZERO_TOLERANCE_S for value in far_rolls), len(far_rolls)),
         }
     return summary
 
@@ -459,6 +473,14 @@ def markdown_report(report: dict) -> str:
             lines.append(f"| {method} | {_percent(s['tracked'])} of {s['rolls_judged']} | {_percent(s['tracked_of_all_rolls'])} "
                          f"| {_percent(s['unsynchronizable'])} | {_percent(s['zero_within_0.1s'])} | {median} |")
         lines.append("")
+        if "within_0.1s_of_roll" in summary[METHODS[0]]:
+            lines += [f"Reading zero, or answering zero? Over all {setup['segments']} segments and every roll (failures "
+                      "count as misses):", "",
+                      "| method | offset within 0.1 s of the roll (all rolls, 0 included) "
+                      f"| offset within 0.1 s of 0 when rolled by >= {FAR_ROLL_S:g} s (zero is wrong) |", "|---|---|---|"]
+            lines += [f"| {method} | {_percent(summary[method]['within_0.1s_of_roll'])} | "
+                      f"{_percent(summary[method]['zero_when_rolled_far'])} |" for method in METHODS]
+            lines.append("")
         if report["real"].get("pooled"):
             lines += pooled_markdown(report["real"]["pooled"], setup)
     lines += ["## Criteria (issue 4, point 4)", ""]
