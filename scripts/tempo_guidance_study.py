@@ -100,22 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     prompts = out / "dev_prompts.json"
-    prompts.write_text(dev_prompts_json())
+    prompts.write_text(tempo_wording_diagnostic.swapped_prompts_json(wording="dev"))
     started = time.time()
     runs = [run_scale(args.model, prompts, out / "clips", scale) for scale in args.scales]
     report = {"out": args.out, "model": args.model, "seconds": round(time.time() - started, 1), "runs": runs}
     write_study_report(out, report, markdown(report))
     return 0
-
-
-def dev_prompts_json() -> str:
-    """The dev-wording prompts file, exactly as ``tempo_wording_diagnostic.py --wording dev`` writes it."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "prompts.json"
-        tempo_wording_diagnostic.main(["--wording", "dev", "--out", str(path)])
-        return path.read_text()
 
 
 if __name__ == "__main__":

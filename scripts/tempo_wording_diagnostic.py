@@ -61,16 +61,13 @@ def with_dev_tempo(items: list[EvalPrompt]) -> list[EvalPrompt]:
     return swapped
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", default=str(DEFAULT_PROMPTS_PATH), help="evaluation prompts to start from")
-    parser.add_argument("--out", required=True, help="where to write the swapped prompts (JSON)")
-    parser.add_argument("--wording", choices=WORDINGS, default="plain",
-                        help="plain: 'fast' / 'slowly' (seen in training); dev: development phrases of neither split")
-    args = parser.parse_args(argv)
-    source = json.loads(Path(args.prompts).read_text())
-    originals = load_eval_prompts(args.prompts)
-    if args.wording == "plain":
+def swapped_prompts_json(prompts_path: str | Path = DEFAULT_PROMPTS_PATH, wording: str = "plain") -> str:
+    """The prompts file at ``prompts_path`` with its held-out tempo phrases swapped, as JSON text."""
+    if wording not in WORDINGS:
+        raise ValueError(f"wording must be one of {list(WORDINGS)}, got {wording!r}")
+    source = json.loads(Path(prompts_path).read_text())
+    originals = load_eval_prompts(prompts_path)
+    if wording == "plain":
         items = [with_plain_tempo(item) for item in originals]
         replacement = f"replaced by {PLAIN_TEMPO}"
     else:
@@ -80,9 +77,20 @@ def main(argv: list[str] | None = None) -> int:
                "made_by": f"scripts/tempo_wording_diagnostic.py from {source.get('made_by')}: held-out tempo "
                           f"phrases {replacement}",
                "items": [asdict(item) for item in items]}
+    return json.dumps(payload, indent=1) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", default=str(DEFAULT_PROMPTS_PATH), help="evaluation prompts to start from")
+    parser.add_argument("--out", required=True, help="where to write the swapped prompts (JSON)")
+    parser.add_argument("--wording", choices=WORDINGS, default="plain",
+                        help="plain: 'fast' / 'slowly' (seen in training); dev: development phrases of neither split")
+    args = parser.parse_args(argv)
+    text = swapped_prompts_json(args.prompts, args.wording)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=1) + "\n")
+    out.write_text(text)
     print(out)
     return 0
 
