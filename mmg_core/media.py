@@ -278,13 +278,20 @@ def _resample(audio: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
     return np.concatenate(chunks, axis=1) if chunks else np.zeros((audio.shape[0], 0), np.float32)
 
 
+X264_PARAMS = "mbtree=0"
+
+
 def _add_video_stream(container, size: tuple[int, int], fps: Fraction, crf: int):
     stream = container.add_stream("libx264", rate=fps)
     stream.height, stream.width = size
     stream.pix_fmt = "yuv420p"
     # Time base 1/fps makes frame i's timestamp exactly i / fps for any rational rate.
     stream.codec_context.time_base = 1 / fps
-    stream.options = {"crf": str(crf)}
+    # mbtree off: with it, this x264 build (core 165) made a different bitstream, and so different decoded
+    # pixels, for the same frames from one run to the next, even on one thread (its result depends on memory
+    # left over from earlier work). The same frames must always make the same file; the cost is a slightly
+    # larger file at the same CRF.
+    stream.options = {"crf": str(crf), "x264-params": X264_PARAMS}
     return stream
 
 

@@ -268,6 +268,27 @@ def test_odd_sizes_are_padded_by_edge_replication(tmp_path):
     assert np.abs(decoded[:, :, 31] - decoded[:, :, 30]).mean() < 3  # replicated column
 
 
+def _h264_payload(path) -> bytes:
+    with av.open(str(path)) as container:
+        return b"".join(bytes(packet) for packet in container.demux(container.streams.video[0]))
+
+
+def test_same_frames_always_make_the_same_file(tmp_path):
+    """Encoding is deterministic whatever memory earlier work left behind (x264's mbtree was not)."""
+    import os
+
+    frames = smooth_frames(16)
+    rng = np.random.default_rng(0)
+    payloads = set()
+    for index in range(6):
+        # Fill and free heap memory with random bytes, as unrelated work between two runs would: with
+        # mbtree on, nearly every one of these encodes came out different.
+        junk = [os.urandom(int(n)) for n in rng.integers(1_000, 20_000, 50)]
+        del junk
+        payloads.add(_h264_payload(write_mp4(tmp_path / f"{index}.mp4", frames, None, fps=10, sample_rate=None)))
+    assert len(payloads) == 1
+
+
 def test_float_tensor_frames_match_uint8_frames(tmp_path):
     frames = smooth_frames(3)
     as_float = torch.from_numpy(frames).float() / 255
