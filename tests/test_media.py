@@ -402,3 +402,12 @@ def test_ffprobe_sees_h264_aac_of_equal_duration_and_the_tags(mmdiffusion_mp4):
     video_s, audio_s = float(streams["video"]["duration"]), float(streams["audio"]["duration"])
     assert abs(video_s - audio_s) < 1 / FPS and abs(video_s - 1.6) < 1e-3
     assert json.loads(report["format"]["tags"]["workflow"]) == WORKFLOW
+
+
+def test_encoder_determinism_script_finds_one_bitstream_for_the_pack_setting(capsys):
+    from repo_scripts import load_script
+
+    module = load_script("encoder_determinism")
+    assert module.wave_clip().shape == (16, 64, 64, 3)
+    assert module.main(["--encodes", "4", "--params", "pack"]) == 0
+    assert "pack (mbtree=0): 1 distinct bitstream(s)" in capsys.readouterr().out
