@@ -37,6 +37,7 @@ def wave_clip(frames: int = 16, size: int = 64) -> np.ndarray:
 
 
 def churn_heap(rng: np.random.Generator) -> None:
+    """Fill and free some heap memory with random bytes (what an encoder may later read uninitialised)."""
     junk = [os.urandom(int(n)) for n in rng.integers(1_000, 20_000, 50)]
     del junk
 

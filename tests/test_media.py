@@ -275,16 +275,16 @@ def _h264_payload(path) -> bytes:
 
 def test_same_frames_always_make_the_same_file(tmp_path):
     """Encoding is deterministic whatever memory earlier work left behind (x264's mbtree was not)."""
-    import os
+    from repo_scripts import load_script
 
+    churn_heap = load_script("encoder_determinism").churn_heap
     frames = smooth_frames(16)
     rng = np.random.default_rng(0)
     payloads = set()
     for index in range(6):
-        # Fill and free heap memory with random bytes, as unrelated work between two runs would: with
-        # mbtree on, nearly every one of these encodes came out different.
-        junk = [os.urandom(int(n)) for n in rng.integers(1_000, 20_000, 50)]
-        del junk
+        # Random bytes left in freed heap memory, as unrelated work between two runs would leave them: with
+        # mbtree on, six such encodes gave more than one bitstream in each of 3 tries out of 3.
+        churn_heap(rng)
         payloads.add(_h264_payload(write_mp4(tmp_path / f"{index}.mp4", frames, None, fps=10, sample_rate=None)))
     assert len(payloads) == 1
 
