@@ -213,6 +213,14 @@ def _from_json(record: dict) -> dict:
     return {**plain, "audio": audio}
 
 
+def study_segments(film) -> dict[str, list[float]]:
+    """The start times (s) of the eval segments (the calibration's 20) and the dev segments between them."""
+    eval_starts = segment_starts(film, 20, 8.0)
+    spacing = eval_starts[1] - eval_starts[0]
+    dev_starts = [round((s + phase * spacing) * film.fps) / film.fps for phase in DEV_PHASES for s in eval_starts[:-1]]
+    return {"eval": eval_starts, "dev": dev_starts}
+
+
 def cached_energies(cache: str | None, models, film, starts: dict[str, list[float]], tqdm) -> dict[str, list[dict]]:
     """Each set's segment energies, from ``cache`` (JSON) when it holds the same starts and models."""
     key = {"starts": starts, "models": dict(models.notes)}
@@ -248,10 +256,7 @@ def main() -> int:
 
     models = load_sync_models(None, args.audio_classifier, frame_size=DEFAULT_FRAME_SIZE)
     film = open_film(args.film)
-    eval_starts = segment_starts(film, 20, 8.0)
-    spacing = eval_starts[1] - eval_starts[0]
-    dev_starts = [round((s + phase * spacing) * film.fps) / film.fps for phase in DEV_PHASES for s in eval_starts[:-1]]
-    sets = cached_energies(args.cache, models, film, {"eval": eval_starts, "dev": dev_starts}, tqdm)
+    sets = cached_energies(args.cache, models, film, study_segments(film), tqdm)
     variants = [{"audio": a, "video": v, "peaks": p, **{name: score_variant(records, a, v, p) for name, records in sets.items()}}
                 for a, v, p in itertools.product(AUDIO, VIDEO, PEAKS)]
     report = {"command": "python scripts/sync_variant_study.py " + " ".join(sys.argv[1:]),

@@ -281,3 +281,44 @@ def test_window_study_chunks_tile_the_film_and_joined_windows_find_a_weak_shared
     assert methods["cam_sync"]["pooled"]["0"]["offset_s"] == pytest.approx(0.12, abs=0.02)
     report = {"command": "test", "seconds": 1.0, "film": "f.mp4", "chunks": 16, "models": {}, "methods": methods}
     assert "| cam_sync | whole film (128 s) | 1 of 1 |" in study.markdown(report)
+
+
+# ----------------------------------------------------------------------------------------------
+# The lag-penalty study (scripts/sync_lag_prior_study.py)
+
+
+def _curve(peaks: dict[float, float], rate: float = 25.0, max_lag_s: float = 2.0):
+    """A SyncResult whose correlation over lags is a sum of narrow bumps of the given heights."""
+    from mmg_core.sync.camsync import SyncResult
+
+    lags_s = np.arange(-round(max_lag_s * rate), round(max_lag_s * rate) + 1) / rate
+    r = sum(height * np.exp(-0.5 * ((lags_s - at) / 0.03) ** 2) for at, height in peaks.items())
+    return SyncResult(float(r.max()), float(lags_s[np.argmax(r)]), 0.0, 0.0, lags_s=lags_s, correlation=r)
+
+
+def test_lag_prior_penalty_zero_is_the_shipped_peak_and_a_strong_one_answers_zero():
+    study = _variant_study("sync_lag_prior_study")
+    result = _curve({0.0: 0.30, 1.2: 0.34})
+    assert study.penalised_offset(result, 0.0) == pytest.approx(1.2, abs=0.01)  # the higher, far peak
+    assert study.penalised_offset(result, 0.1) == pytest.approx(0.0, abs=0.01)  # 0.1 x 1.2 / 2 > 0.04
+    assert study.penalised_offset(_curve({-0.4: 0.5}), 0.1) == pytest.approx(-0.4, abs=0.02)  # a lone peak stays
+
+
+def test_lag_prior_figures_tell_reading_from_answering_zero():
+    study = _variant_study("sync_lag_prior_study")
+    rolls = (0.0, *study.REAL_ROLLS_S)
+    # A segment whose true lag is a slightly lower peak than a spurious one at +1.2 s that moves with the roll.
+    segment = {roll: _curve({roll: 0.30, 1.2 + roll: 0.33}) for roll in rolls}
+    plain = study.figures([segment], 0.0)
+    assert plain["tracked"] == 1.0 and plain["zero_within_0.1s"] == 0.0 and plain["right_within_0.1s"] == 0.0
+    # A mild penalty finds the true lag at roll 0, but at rolls -0.4 and -0.8 s the spurious peak (then at
+    # +0.8 / +0.4 s) is as near 0 as the true one and still wins: the penalty cannot tell them apart.
+    mild = study.figures([segment], 0.1)
+    assert mild == {"tracked": round(4 / 6, 4), "zero_within_0.1s": 1.0, "right_within_0.1s": round(5 / 7, 4),
+                    "zero_when_rolled_0.4s_plus": 0.0}
+    # A flat side (None) is a miss everywhere; a huge penalty answers 0 whatever the roll.
+    assert study.figures([{**segment, 0.8: None}], 0.1)["tracked"] == round(3 / 6, 4)
+    huge = study.figures([segment], 50.0)
+    assert huge["zero_when_rolled_0.4s_plus"] == 1.0 and huge["right_within_0.1s"] == round(1 / 7, 4)
+    rows = [{"penalty": p, "dev": study.figures([segment], p)} for p in (0.0, 0.1, 0.25, 0.2)]
+    assert study.pick_penalty(rows) == 0.2  # 0.2 and 0.25 read 6 of 7 rolls: the smaller of the two
