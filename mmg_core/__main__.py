@@ -41,10 +41,14 @@ def _conditioning(args: argparse.Namespace, config):
         return None
     if not args.prompt:
         raise ValueError(f"{args.model} is text-conditioned: give --prompt 'what to see and hear'")
-    from .conditioning import encode_prompts
+    from .conditioning import encode_prompts, unread_prompt_notes
     from .text import default_text_encoder
 
-    return encode_prompts(default_text_encoder(), args.prompt, args.audio_prompt, args.negative_prompt)
+    encoder = default_text_encoder()
+    conditioning = encode_prompts(encoder, args.prompt, args.audio_prompt, args.negative_prompt)
+    for note in unread_prompt_notes(encoder, conditioning):
+        print(f"warning: {note}", file=sys.stderr)
+    return conditioning
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

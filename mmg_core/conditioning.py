@@ -24,6 +24,10 @@ class TextEncoderLike(Protocol):
     def encode(self, texts: list[str], device=None) -> EncodedText: ...
 
 
+class TruncatingEncoder(Protocol):
+    def unread_text(self, text: str) -> str: ...
+
+
 @dataclass(frozen=True)
 class Conditioning:
     """What the MMG_CONDITIONING socket carries: positive and negative contexts for one clip."""
@@ -66,6 +70,26 @@ def encode_prompts(
         negative_video_prompt=negative_video_prompt,
         negative_audio_prompt=negative_audio_prompt,
     )
+
+
+PROMPT_FIELDS = ("video_prompt", "audio_prompt", "negative_video_prompt", "negative_audio_prompt")
+
+
+def unread_prompt_notes(encoder: TruncatingEncoder, conditioning: Conditioning) -> list[str]:
+    """One warning per prompt whose end the text encoder cuts off (TextEncoder.unread_text): the model
+    never sees those words, and nothing else would tell the user. A prompt that only repeats an earlier
+    one (the audio prompt defaulting to the video prompt) is not reported twice."""
+    notes, seen = [], set()
+    for name in PROMPT_FIELDS:
+        text = getattr(conditioning, name)
+        if text in seen:
+            continue
+        seen.add(text)
+        tail = encoder.unread_text(text)
+        if tail:
+            notes.append(f"{name} is longer than the text encoder reads: the model ignores its end, "
+                         f"{tail!r}; shorten the prompt to keep those words")
+    return notes
 
 
 @dataclass(frozen=True)

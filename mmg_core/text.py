@@ -278,6 +278,20 @@ class TextEncoder:
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
 
+    def unread_text(self, text: str) -> str:
+        """The end of ``text`` past the encoder's token limit, which the model never sees; "" when all fits.
+
+        Captions are truncated to ``max_tokens`` word pieces ([CLS] and [SEP] included) like the training
+        captions were, so a long prompt loses its last words without any error: callers warn with this.
+        Only a tail holding a letter or digit counts (a dropped full stop changes nothing worth a warning).
+        """
+        self.load()
+        with self._lock:
+            encoding = self._tokenizer.encode(text)
+        ends = [end for (start, end), special in zip(encoding.offsets, encoding.special_tokens_mask) if not special]
+        tail = text[max(ends, default=0):]
+        return tail.strip() if any(ch.isalnum() for ch in tail) else ""
+
     def layer_states(self, texts: Sequence[str]) -> list[TextEmbedding]:
         """For analysis (not conditioning): the states of every layer, the embedding layer first and the
         last layer (what ``encode`` returns) last, each padded, masked and pooled like ``encode``. Uncached."""

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import comfy.model_management as mm
 import comfy.utils
 from comfy_api.latest import io
 
 from ..mmg_core.av import AV
-from ..mmg_core.conditioning import Conditioning, Guidance, encode_prompts
+from ..mmg_core.conditioning import Conditioning, Guidance, encode_prompts, unread_prompt_notes
 from ..mmg_core.pipeline import MAX_BATCH_SIZE, GenerationSettings, decode, generate, preview_frames
 from ..mmg_core.sampling import sampler_names
 from ..mmg_core.text import default_text_encoder
@@ -102,8 +104,12 @@ class MMGTextEncode(io.ComfyNode):
         if not video_prompt.strip():
             raise ValueError("video_prompt is empty: describe the clip, e.g. 'a red ball bouncing fast'")
         negative_audio = negative_audio_prompt if negative_audio_prompt.strip() else None
-        return io.NodeOutput(encode_prompts(default_text_encoder(), video_prompt, audio_prompt or None,
-                                            negative_video_prompt, negative_audio))
+        encoder = default_text_encoder()
+        conditioning = encode_prompts(encoder, video_prompt, audio_prompt or None, negative_video_prompt, negative_audio)
+        notes = unread_prompt_notes(encoder, conditioning)
+        for note in notes:  # the server log, and the node's text in the UI and in /history
+            logging.warning("MMG Text Encode: %s", note)
+        return io.NodeOutput(conditioning, ui={"text": tuple(notes)} if notes else None)
 
 
 def _step_callback(total: int, config):

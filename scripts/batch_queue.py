@@ -10,7 +10,8 @@ lines and lines starting with ``#`` are skipped. Each prompt runs the shipped te
 than ``--max-in-flight`` prompts per server at once; a prompt that fails or whose server stops answering
 is retried once on another server. Clips are downloaded over HTTP (``/view``) as
 ``DIR/<index>-<slug of the prompt>.mp4``, and ``DIR/manifest.json`` records, for every input prompt, its
-server, prompt id, seed, status (``ok`` / ``error`` with the message) and output file.
+server, prompt id, seed, status (``ok`` / ``error`` with the message), output file and warnings (e.g. the
+words of a prompt too long for the text encoder, which the model never saw).
 
 Exit status: 0 when every prompt has its MP4; 1 otherwise (see the manifest); 130 on Ctrl-C.
 """
@@ -181,10 +182,11 @@ class Attempt:
     message: str | None = None
     seconds: float = 0.0
     unreachable: bool = False
+    warnings: list[str] = dataclasses.field(default_factory=list)  # MMG Text Encode's notes on the prompt
 
     def to_json(self) -> dict:
         return {"server": self.server, "prompt_id": self.prompt_id, "status": self.status,
-                "message": self.message, "seconds": round(self.seconds, 2)}
+                "message": self.message, "seconds": round(self.seconds, 2), "warnings": self.warnings}
 
 
 @dataclasses.dataclass
@@ -214,6 +216,7 @@ class Job:
             "message": None if self.status == "ok" else self.failure_message(),
             "server": last.server if last else None, "prompt_id": last.prompt_id if last else None,
             "output": self.output if self.status == "ok" else None,
+            "warnings": last.warnings if last else [],
             "attempts": [attempt.to_json() for attempt in self.attempts],
         }
 
@@ -233,6 +236,7 @@ def run_attempt(server: Server, prompt: Mapping, target: Path, attempt: Attempt,
         client.events()  # listen before queueing
         attempt.prompt_id = client.queue(prompt)
         entry = client.wait(attempt.prompt_id, timeout=timeout, alive=server.alive, cancel=cancel)
+        attempt.warnings = main_job.text_encode_notes(entry, prompt)
         files = output_files(entry, node_id=save_node, suffix=".mp4")
         if not files:
             raise ComfyError(f"the prompt succeeded but node {save_node} listed no .mp4")

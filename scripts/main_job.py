@@ -101,6 +101,12 @@ def mp4_of(entry: Mapping, prompt: Mapping) -> comfy_client.OutputFile:
     return files[0]
 
 
+def text_encode_notes(entry: Mapping, prompt: Mapping) -> list[str]:
+    """What MMG Text Encode said of the prompts (e.g. words past the encoder's limit), from its UI text."""
+    ui = (entry.get("outputs") or {}).get(find_node(prompt, "MMGTextEncode")) or {}
+    return [str(note) for note in ui.get("text", [])]
+
+
 # --------------------------------------------------------------------------- progress display
 
 
@@ -232,6 +238,8 @@ def generate(server: comfyui_env.ServerProcess, prompt: Mapping, steps: int, tim
     finally:
         view.close()
         client.close()
+    for note in text_encode_notes(entry, prompt):
+        warn(f"warning: {note}")
     return mp4_of(entry, prompt).relative_path()
 
 

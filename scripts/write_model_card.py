@@ -80,6 +80,10 @@ PROMPTING_SECTION = (
     "  place of the held-out ones, tempo comes out right about as often as a coin toss at every text-guidance",
     "  scale tried, 1.5 to 10, and most clips come out fast whatever was asked",
     "  (`python scripts/tempo_guidance_study.py --out eval/tempo_guidance`; figures in its report.md).",
+    "- Each prompt is read up to 32 word pieces ([CLS] and [SEP] included), as the training captions were",
+    "  (a few of the longest lost their last word or two). Words past that are ignored; MMG Text Encode,",
+    "  `generate` and the main job warn and quote them. 10 of the 64 evaluation prompts lose their last one to",
+    "  three words this way (\"impact\", \"with the bar\"); each names its scene, colour and tempo before the cut.",
     "",
 )
 

@@ -122,7 +122,9 @@ def test_batch_spreads_prompts_over_given_and_started_servers(comfy_server, tmp_
     prompts = write_prompts(tmp_path, [
         "a red ball bouncing fast, a high click at every bounce, on a dark background",
         "a blue lamp blinking slowly, on a light background | a low beep while it is lit",
-        "a stick striking a green drum quickly, a deep thump at every strike, on a dark background",
+        # too long for the text encoder: its last words are dropped, and the manifest says which
+        "a stick striking a green drum quickly, a deep thump at every strike, on a dark background, "
+        "heard from the very back of a large and echoing concert hall",
     ])
     out = tmp_path / "clips"
     result = run_script(BATCH, "--prompts", str(prompts), "--server", comfy_server.url, "--start-servers", "1",
@@ -140,6 +142,9 @@ def test_batch_spreads_prompts_over_given_and_started_servers(comfy_server, tmp_
     for entry in entries:
         assert entry["status"] == "ok" and entry["prompt_id"], entry
         assert stream_types(out / entry["output"]) == ["audio", "video"], entry
+    assert entries[0]["warnings"] == entries[1]["warnings"] == []
+    [note] = entries[2]["warnings"]
+    assert note.startswith("video_prompt is longer than the text encoder reads") and "'concert hall'" in note
     # Three prompts, at most two in flight per server: both servers got work.
     servers = {entry["server"] for entry in entries}
     started = [s["url"] for s in manifest["servers"] if s["started_here"]]
@@ -173,7 +178,8 @@ def test_batch_retries_elsewhere_and_reports_every_failure(comfy_server, refusin
 @pytest.mark.server  # boots its own ComfyUI
 def test_main_job_prints_the_mp4_path_last(tmp_path):
     result = run_script(MAIN_JOB, "--steps", "2", "--seed", "1", "--prompt",
-                        "a purple drum being hit with a stick rapidly, a high drum hit with every hit", cwd=tmp_path)
+                        "a purple drum being hit with a stick rapidly, a high drum hit with every hit, on a dark "
+                        "background, recorded close up in a small quiet wooden room", cwd=tmp_path)
     assert result.returncode == 0, explain(result)
     lines = result.stdout.strip().splitlines()
     mp4 = Path(lines[-1])
@@ -183,6 +189,9 @@ def test_main_job_prints_the_mp4_path_last(tmp_path):
     for phase in ("seed 1, 2 steps", "starting ComfyUI", "queued", "sampling", "writing MP4", "done in"):
         assert any(line.startswith(phase) for line in lines), f"no {phase!r} line:\n{result.stdout}"
     assert "2/2" in result.stderr  # the sampler's progress bar, fed by websocket progress events
+    # The prompt is too long for the text encoder: the job says which words the model never saw.
+    assert "warning: video_prompt is longer than the text encoder reads" in result.stderr, explain(result)
+    assert "'wooden room'" in result.stderr
 
 
 @pytest.mark.server

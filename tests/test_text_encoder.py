@@ -92,12 +92,51 @@ def test_empty_string_is_a_well_defined_null_prompt(encoder):
 
 
 def test_long_text_is_truncated_to_max_tokens(encoder):
-    words = ["red", "ball", "bounces"] * 40  # each word is one token; 120 tokens in all
+    words = ["red", "ball", "fast"] * 40  # each word is one token; 120 tokens in all
     long = encoder.encode([" ".join(words)])
     exactly_full = encoder.encode([" ".join(words[:30])])  # 30 words + [CLS] + [SEP] = 32
     assert long.mask.all()
     assert torch.equal(long.tokens, exactly_full.tokens) and torch.equal(long.pooled, exactly_full.pooled)
     assert TextEncoder(TextEncoderConfig(max_tokens=8)).encode([" ".join(words)]).tokens.shape == (1, 8, 384)
+
+
+def test_unread_text_quotes_what_truncation_drops(encoder):
+    words = ["red", "ball", "fast"] * 11  # 33 one-token words: the last 3 do not fit in 30
+    assert encoder.unread_text(" ".join(words[:30])) == ""  # exactly full
+    assert encoder.unread_text(" ".join(words)) == "red ball fast"
+    assert encoder.unread_text(" ".join(["bounces"] * 16)) == "bounces"  # two word pieces each: 15 fit
+    assert encoder.unread_text(" ".join(words[:30]) + ".") == ""  # a dropped full stop is not worth a warning
+    assert encoder.unread_text("") == "" and encoder.unread_text("   ") == ""
+    assert TextEncoder(TextEncoderConfig(max_tokens=4)).unread_text("a red ball") == "ball"
+
+
+def test_prompt_notes_name_each_truncated_prompt_once(encoder):
+    from mmg_core.conditioning import encode_prompts, unread_prompt_notes
+
+    long = "a red ball bouncing fast, a sharp click at every bounce, " * 3  # 42 words
+    notes = unread_prompt_notes(encoder, encode_prompts(encoder, long))  # the audio prompt repeats the video one
+    assert len(notes) == 1 and notes[0].startswith("video_prompt is longer than the text encoder reads")
+    assert encoder.unread_text(long) in notes[0] and "every bounce" in notes[0]
+    notes = unread_prompt_notes(encoder, encode_prompts(encoder, "a red ball", long, negative_video_prompt=long + "x"))
+    assert [note.split(" ", 1)[0] for note in notes] == ["audio_prompt", "negative_video_prompt"]
+    assert unread_prompt_notes(encoder, encode_prompts(encoder, "a red ball bouncing fast")) == []
+
+
+def test_evaluation_prompts_name_scene_colour_and_tempo_before_the_cut(encoder):
+    """The model card says so: 10 of the 64 lose a tail, and each still names its scene, colour and tempo."""
+    from mmg_core.world.captions import caption_attributes
+    from mmg_core.world_eval import load_eval_prompts
+
+    cut = 0
+    for item in load_eval_prompts():
+        tail = encoder.unread_text(item.prompt)
+        if not tail:
+            continue
+        cut += 1
+        read = caption_attributes(item.prompt[: item.prompt.rindex(tail)])
+        assert {item.scene} == read["scene"] and {item.colour} == read["colour"], (item.prompt, tail)
+        assert {item.tempo} == read["tempo"], (item.prompt, tail)
+    assert cut == 10
 
 
 def test_same_text_gives_identical_tensors_whatever_the_batch():

@@ -302,6 +302,16 @@ def test_cli_generate_with_prompt(tmp_path):
     clip = media.read_mp4(out)
     assert clip.frames.shape == (16, 64, 64, 3) and clip.audio.shape == (1, 25600)
     assert json.loads(clip.metadata["mmg"])["prompt"] == "a white lamp blinking"
+    assert "warning" not in result.stderr
+    long = "a white lamp blinking slowly, a low beep while it is lit, " * 3  # 39 words
+    result = subprocess.run(
+        [sys.executable, "-m", "mmg_core", "generate", "--model", str(model_path), "--prompt", long, "--audio-prompt",
+         "a low beep", "--seed", "5", "--steps", "1", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    [warning] = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert "video_prompt is longer than the text encoder reads" in warning and "end, 'a white lamp blinking slowly, a low beep while it is lit,'" in warning
     missing = subprocess.run([sys.executable, "-m", "mmg_core", "generate", "--model", str(model_path), "--out", str(out)],
                              cwd=REPO, capture_output=True, text=True, timeout=600)
     assert missing.returncode == 2 and "--prompt" in missing.stderr
