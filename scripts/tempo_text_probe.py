@@ -15,6 +15,11 @@ With ``--layers`` it also trains probes (current vocabulary) on each layer of th
 first: whether an earlier layer than the last, the one the world model reads, carries tempo better.
 The probe is a ceiling check, not a forecast: the world model reads the same states, but learns
 tempo only through the denoising loss.
+
+With ``--anchors`` it also asks the encoder as what it was trained to be, a sentence-similarity model,
+with nothing learned: each tempo phrase, put in a sentence frame, is called fast when its pooled
+embedding is closer (cosine) to the frame with a fast anchor phrase than to the frame with a slow one.
+If MiniLM knew what the unseen words mean, this would read them without any probe.
 """
 
 from __future__ import annotations
@@ -166,6 +171,29 @@ def layer_results(encoder, words: dict, dev: tuple, eval_: tuple) -> list[dict]:
     return results
 
 
+# Sentence frames and (fast, slow) anchor phrases for the zero-shot similarity reading (--anchors).
+ANCHOR_FRAMES = ("{}", "the ball bounces {}", "a red ball bouncing {}, a click at every bounce")
+ANCHOR_PAIRS = (("fast", "slowly"), ("quickly", "slowly"), ("at a fast pace", "at a slow pace"))
+
+
+def anchor_accuracy(encoder, frame: str, anchors: tuple[str, str], words: dict[str, tuple[str, ...]]) -> float:
+    """Share of ``words``' phrases whose framed sentence is nearer (cosine of pooled embeddings) to the
+    frame with their own tempo's anchor than to the frame with the other tempo's."""
+    fast_anchor, slow_anchor = encoder.encode([frame.format(a) for a in anchors]).pooled  # unit vectors
+    right = 0
+    for tempo, phrases in words.items():
+        pooled = encoder.encode([frame.format(phrase) for phrase in phrases]).pooled
+        says_fast = pooled @ fast_anchor > pooled @ slow_anchor
+        right += int((says_fast if tempo == "fast" else ~says_fast).sum())
+    return right / sum(map(len, words.values()))
+
+
+def anchor_results(encoder, phrase_sets: dict[str, dict[str, tuple[str, ...]]]) -> list[dict]:
+    return [{"frame": frame, "anchors": list(anchors),
+             **{name: round(anchor_accuracy(encoder, frame, anchors, words), 4) for name, words in phrase_sets.items()}}
+            for frame in ANCHOR_FRAMES for anchors in ANCHOR_PAIRS]
+
+
 def report_markdown(report: dict) -> str:
     lines = ["# Tempo from unseen wording: an attention probe on the MiniLM states", "",
              f"Command: `{report['command']}` ({report['seconds']:.0f} s); see the script's docstring. Each figure is the",
@@ -184,6 +212,14 @@ def report_markdown(report: dict) -> str:
             per_seed = ", ".join(f"{100 * accuracy:.0f}" for accuracy in result["dev"]["accuracy_per_seed"])
             lines.append(f"| {result['layer']} | {100 * result['dev']['accuracy']:.1f} % ({per_seed}) | "
                          f"{100 * result['eval']['accuracy']:.1f} % |")
+    if report.get("anchors"):
+        lines += ["", "Zero-shot, as a sentence-similarity model (`--anchors`): phrases read right by the nearer "
+                  "anchor sentence (training phrases: the current ones; chance is 50 %):", "",
+                  "| sentence frame | anchors (fast / slow) | training phrases | dev phrases | eval phrases |",
+                  "|---|---|---|---|---|"]
+        for row in report["anchors"]:
+            lines.append(f"| `{row['frame']}` | {row['anchors'][0]} / {row['anchors'][1]} | {100 * row['train']:.0f} % | "
+                         f"{100 * row['dev']:.0f} % | {100 * row['eval']:.0f} % |")
     return "\n".join(lines) + "\n"
 
 
@@ -192,6 +228,7 @@ def main() -> int:
     parser.add_argument("--out", required=True, help="folder for report.json and report.md")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--layers", action="store_true", help="also probe every encoder layer (about 3 min more)")
+    parser.add_argument("--anchors", action="store_true", help="also read tempo zero-shot by anchor similarity (seconds)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -213,6 +250,8 @@ def main() -> int:
     report = {"command": "python scripts/tempo_text_probe.py " + " ".join(sys.argv[1:]), "vocabularies": results}
     if args.layers:
         report["layers"] = layer_results(encoder, current, dev, eval_)
+    if args.anchors:
+        report["anchors"] = anchor_results(encoder, {"train": current, "dev": DEV_TEMPO_WORDS, "eval": eval_words})
     report["seconds"] = round(time.perf_counter() - started, 1)
     write_study_report(args.out, report, report_markdown(report))
     return 0

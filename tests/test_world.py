@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import re
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -409,3 +410,19 @@ def test_tempo_text_probe_swaps_phrases_only_while_sampling_and_masks_padding():
     first = probe(TextEmbedding(tokens=tokens, mask=mask, pooled=pooled))
     tokens[0, 3:] = 100.0
     assert torch.allclose(first, probe(TextEmbedding(tokens=tokens, mask=mask, pooled=pooled)))
+
+
+def test_tempo_anchor_reading_calls_a_phrase_by_its_nearer_anchor():
+    probe_script = _tempo_text_probe()
+
+    class AxisEncoder:  # pooled embedding: +x for "zip", -x for "crawl", a neutral y otherwise; unit length
+        def encode(self, texts):
+            rows = [[1.0, 0.0] if "zip" in t else [-1.0, 0.0] if "crawl" in t else [0.0, 1.0] for t in texts]
+            return SimpleNamespace(pooled=torch.tensor(rows))
+
+    words = {"fast": ("zip", "zip along", "beige"), "slow": ("crawl", "zip-free")}  # 2 of 3 fast, 1 of 2 slow right
+    accuracy = probe_script.anchor_accuracy(AxisEncoder(), "it goes {}", ("zipping", "crawling"), words)
+    assert accuracy == pytest.approx(3 / 5)
+    rows = probe_script.anchor_results(AxisEncoder(), {"dev": words})
+    assert len(rows) == len(probe_script.ANCHOR_FRAMES) * len(probe_script.ANCHOR_PAIRS)
+    assert {"frame", "anchors", "dev"} <= set(rows[0])
