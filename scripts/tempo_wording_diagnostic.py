@@ -14,6 +14,12 @@ With ``--wording dev`` the held-out phrase is replaced instead by a development 
 in neither split of captions.py (the tempo text probe's DEV_TEMPO_WORDS, taken in turn): unseen wording
 that is not the evaluation's, on which sampling settings can be chosen without looking at the held-out
 phrases (scripts/tempo_guidance_study.py).
+
+With ``--wording separate`` the 48 unseen-combination prompts are captioned afresh in training wording
+(a training template and training phrases, drawn from the prompt's seed) and the 16 unseen-paraphrase
+prompts stay as they are: each prompt then tests one kind of generalisation, a new combination of known
+words or new words for a known combination, where the evaluation's combination prompts test both at once.
+An alternative design for the owner to weigh, measured so the choice is concrete; not the evaluation.
 """
 
 from __future__ import annotations
@@ -24,15 +30,17 @@ import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from mmg_core.world.captions import TEMPO_WORDS, phrase_pattern  # noqa: E402
-from mmg_core.world_eval import DEFAULT_PROMPTS_PATH, EvalPrompt, load_eval_prompts  # noqa: E402
+from mmg_core.world.captions import TEMPO_WORDS, caption_for, phrase_pattern  # noqa: E402
+from mmg_core.world_eval import DEFAULT_PROMPTS_PATH, EvalPrompt, load_eval_prompts, reference_spec  # noqa: E402
 
 from tempo_text_probe import DEV_TEMPO_WORDS  # noqa: E402 (a sibling script)
 
 PLAIN_TEMPO = {"fast": "fast", "slow": "slowly"}
-WORDINGS = ("plain", "dev")
+WORDINGS = ("plain", "dev", "separate")
 
 
 def with_tempo_phrase(item: EvalPrompt, phrase: str) -> EvalPrompt:
@@ -61,6 +69,14 @@ def with_dev_tempo(items: list[EvalPrompt]) -> list[EvalPrompt]:
     return swapped
 
 
+def with_training_wording(item: EvalPrompt) -> EvalPrompt:
+    """An unseen-combination item captioned in training wording (from its seed); other kinds unchanged."""
+    if item.kind != "unseen_combination":
+        return item
+    caption = caption_for(reference_spec(item), np.random.default_rng([item.seed, 1]), split="train")
+    return replace(item, prompt=caption)
+
+
 def swapped_prompts_json(prompts_path: str | Path = DEFAULT_PROMPTS_PATH, wording: str = "plain") -> str:
     """The prompts file at ``prompts_path`` with its held-out tempo phrases swapped, as JSON text."""
     if wording not in WORDINGS:
@@ -70,6 +86,9 @@ def swapped_prompts_json(prompts_path: str | Path = DEFAULT_PROMPTS_PATH, wordin
     if wording == "plain":
         items = [with_plain_tempo(item) for item in originals]
         replacement = f"replaced by {PLAIN_TEMPO}"
+    elif wording == "separate":
+        items = [with_training_wording(item) for item in originals]
+        replacement = "kept in the 16 unseen-paraphrase prompts; the 48 unseen-combination prompts recaptioned in training wording"
     else:
         items = with_dev_tempo(originals)
         replacement = "replaced by the tempo text probe's DEV_TEMPO_WORDS in turn"
@@ -85,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", default=str(DEFAULT_PROMPTS_PATH), help="evaluation prompts to start from")
     parser.add_argument("--out", required=True, help="where to write the swapped prompts (JSON)")
     parser.add_argument("--wording", choices=WORDINGS, default="plain",
-                        help="plain: 'fast' / 'slowly' (seen in training); dev: development phrases of neither split")
+                        help="plain: 'fast' / 'slowly' (seen in training); dev: development phrases of neither split; "
+                             "separate: unseen combinations in training wording, unseen paraphrases as they are")
     args = parser.parse_args(argv)
     text = swapped_prompts_json(args.prompts, args.wording)
     out = Path(args.out)

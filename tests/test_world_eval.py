@@ -300,6 +300,29 @@ def test_dev_wording_uses_phrases_of_neither_split_each_in_turn(tmp_path):
     assert min(counts.values()) >= 1 and max(counts.values()) - min(counts.values()) <= 1, counts
 
 
+def test_separate_wording_recaptions_only_the_unseen_combinations_in_training_words(tmp_path):
+    from repo_scripts import load_script
+
+    module = load_script("tempo_wording_diagnostic")
+    out = tmp_path / "separate.json"
+    assert module.main(["--wording", "separate", "--out", str(out)]) == 0
+    assert out.read_text() == (REPO / "eval" / "wording_separate" / "prompts.json").read_text()  # the committed run's
+    eval_phrases = {phrase.lower() for table in (captions.TEMPO_WORDS, captions.PITCH_WORDS, captions.BACKGROUND_WORDS)
+                    for value in table.values() for phrase in value["eval"]}
+    for before, after in zip(SHIPPED, load_eval_prompts(out)):
+        assert dataclasses.replace(after, prompt=before.prompt) == before  # attributes, seed and kind kept
+        if before.kind == "unseen_paraphrase":
+            assert after.prompt == before.prompt
+            continue
+        assert after.prompt != before.prompt
+        read = caption_attributes(after.prompt)
+        for attribute in ("scene", "colour", "tempo", "pitch", "background"):
+            assert read[attribute] == {getattr(before, attribute)}, (attribute, after.prompt)
+        training = captions.TEMPO_WORDS[before.tempo]["train"]
+        assert any(captions.phrase_pattern(phrase).search(after.prompt) for phrase in training), after.prompt
+        assert not any(captions.phrase_pattern(phrase).search(after.prompt) for phrase in eval_phrases), after.prompt
+
+
 def test_tempo_guidance_study_tables_tempo_and_the_models_lean():
     from repo_scripts import load_script
 
