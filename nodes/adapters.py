@@ -113,3 +113,20 @@ def comfy_audio_waveform(audio: Any) -> tuple[torch.Tensor, int]:
     if sample_rate <= 0:
         raise ValueError(f"audio sample_rate must be positive, got {sample_rate}")
     return waveform, sample_rate
+
+
+def show_text_on_node(node_cls, text: str) -> None:
+    """Show ``text`` on the node in the ComfyUI frontend while the prompt runs (the "progress text"
+    preview ComfyUI's API nodes use for their status); a node's ``ui`` text alone only reaches /history.
+
+    Needs ``io.Hidden.unique_id`` in the node's schema. Outside a running ComfyUI (a node's execute
+    called directly, as unit tests do) there is no node id, and nothing is sent.
+    """
+    node_id = getattr(getattr(node_cls, "hidden", None), "unique_id", None)
+    if not node_id or not text:
+        return
+    from server import PromptServer  # ComfyUI's own module: importable wherever a node id was given
+
+    instance = getattr(PromptServer, "instance", None)
+    if instance is not None:
+        instance.send_progress_text(text, node_id, sid=instance.client_id)  # to the client that queued it

@@ -94,6 +94,7 @@ class MMGTextEncode(io.ComfyNode):
                                 tooltip="What to steer the sound away from; empty = the negative video prompt."),
             ],
             outputs=[ConditioningType.Output(display_name="conditioning")],
+            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
@@ -107,8 +108,9 @@ class MMGTextEncode(io.ComfyNode):
         encoder = default_text_encoder()
         conditioning = encode_prompts(encoder, video_prompt, audio_prompt or None, negative_video_prompt, negative_audio)
         notes = unread_prompt_notes(encoder, conditioning)
-        for note in notes:  # the server log, and the node's text in the UI and in /history
+        for note in notes:  # the server log, the node in the UI, and the node's text in /history
             logging.warning("MMG Text Encode: %s", note)
+        adapters.show_text_on_node(cls, "\n".join(notes))
         return io.NodeOutput(conditioning, ui={"text": tuple(notes)} if notes else None)
 
 

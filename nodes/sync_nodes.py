@@ -120,6 +120,14 @@ def _check_max_lag(max_lag_s: float) -> None:
 # Score
 
 
+def _headline(result) -> str:
+    """One line for the node in the UI: the numbers, or why there are none."""
+    if not result.synchronizable:
+        return f"unsynchronizable: {result.reason}"
+    return (f"CAM-Sync {result.score:.3f}, offset {result.offset_s:+.3f} s, confidence {result.confidence:.3f}, "
+            f"at lag 0 {result.score_at_0:.3f}")
+
+
 class MMGSyncScore(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -152,6 +160,7 @@ class MMGSyncScore(io.ComfyNode):
                 io.Image.Output(display_name="cam_overlay", tooltip="The frames with the VideoCAM heatmap on top."),
                 io.Image.Output(display_name="plot", tooltip="Energy curves over time and correlation over lag."),
             ],
+            hidden=[io.Hidden.unique_id],
             is_output_node=True,
         )
 
@@ -175,6 +184,7 @@ class MMGSyncScore(io.ComfyNode):
         plot = adapters.array_to_image(sync_figure(scores))
         result = scores.cam_sync
         shown = {"text": (report,), **ui.PreviewImage(plot).as_dict()}
+        adapters.show_text_on_node(cls, _headline(result))
         return io.NodeOutput(result.score, result.offset_s, result.confidence, result.score_at_0, report, overlay,
                              plot, ui=shown)
 
@@ -207,6 +217,7 @@ class MMGSyncApplyOffset(io.ComfyNode):
                 io.Float.Output(display_name="applied_delay_s",
                                 tooltip="How much later the audio now plays, rounded to whole samples."),
             ],
+            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
@@ -229,6 +240,7 @@ class MMGSyncApplyOffset(io.ComfyNode):
         moved = shift_audio(waveform, samples)
         applied = samples / sample_rate
         text = f"audio moved {applied:+.4f} s ({note}); {OFFSET_CONVENTION}"
+        adapters.show_text_on_node(cls, text)
         return io.NodeOutput({"waveform": moved, "sample_rate": sample_rate}, applied, ui={"text": (text,)})
 
 
@@ -285,6 +297,7 @@ class MMGSyncBestOfN(io.ComfyNode):
                                                               "be synchronised)."),
                 io.String.Output(display_name="scores", tooltip="Every candidate's seed and CAM-Sync numbers, best first."),
             ],
+            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
@@ -316,6 +329,7 @@ class MMGSyncBestOfN(io.ComfyNode):
         images, audio, fps = adapters.clip_to_comfy(result.clip)
         table = result.table()
         best = getattr(result.best.cam_sync, rank_by)
+        adapters.show_text_on_node(cls, table)
         return io.NodeOutput(images, audio, fps, result.best.seed, best, table, ui={"text": (table,)})
 
 

@@ -38,6 +38,7 @@ DEFAULT_PACK = comfyui_env.DEFAULT_PACK_NAME
 HTTP_TIMEOUT = 30.0
 # ComfyUI's protocol.BinaryEventTypes for frames on /ws.
 PREVIEW_IMAGE = 1
+TEXT = 3  # a node's progress text (PromptServer.send_progress_text), shown on the node in the frontend
 PREVIEW_IMAGE_WITH_METADATA = 4
 
 
@@ -242,6 +243,17 @@ class WsListener:
             elif event == PREVIEW_IMAGE_WITH_METADATA:  # 4-byte JSON length, JSON, then the image
                 images.append(payload[4 + int.from_bytes(payload[:4], "big"):])
         return images
+
+    def progress_texts(self) -> list[tuple[str, str]]:
+        """(node id, text) of every progress text: 4-byte node id length, the id, then the UTF-8 text."""
+        with self._changed:
+            frames = list(self._binary)
+        texts = []
+        for event, payload in frames:
+            if event == TEXT:
+                length = int.from_bytes(payload[:4], "big")
+                texts.append((payload[4:4 + length].decode(), payload[4 + length:].decode()))
+        return texts
 
     def of_type(self, event: str, prompt_id: str | None = None) -> list[dict]:
         """Data of every message of one type (optionally of one prompt)."""

@@ -204,3 +204,22 @@ def test_main_job_names_the_failing_node(tmp_path):
     assert result.returncode == 1, explain(result)
     assert "node 4 (MMGSampler) failed" in result.stderr and "no_such_sampler" in result.stderr, explain(result)
     assert not list((tmp_path / "outputs").rglob("*.mp4"))
+
+
+def test_text_encode_shows_the_words_it_drops_on_the_node(comfy_server):
+    """A prompt too long for the text encoder: MMG Text Encode quotes the dropped words on the node in the
+    UI (progress text to the queueing client) and in its /history text, which the main job prints."""
+    prompt = json.loads(WORKFLOW.read_text())
+    nodes = {node["class_type"]: node_id for node_id, node in prompt.items()}
+    prompt[nodes["MMGSampler"]]["inputs"]["steps"] = 1
+    prompt[nodes["MMGTextEncode"]]["inputs"]["video_prompt"] = (
+        "a yellow ball bouncing slowly, a low knock at every bounce, on a light background, filmed by a camera "
+        "standing still on a tripod beside the garden fence")
+    with comfy_server.listen() as ws:
+        prompt_id = comfy_server.queue(prompt, client_id=ws.client_id)
+        ws.wait_event("execution_success", timeout=300, prompt_id=prompt_id)
+        shown = ws.progress_texts()
+    entry = comfy_server.wait(prompt_id, timeout=60)  # /history is written just after execution_success
+    [note] = entry["outputs"][nodes["MMGTextEncode"]]["text"]
+    assert note.startswith("video_prompt is longer than the text encoder reads") and "garden fence" in note, note
+    assert (nodes["MMGTextEncode"], note) in shown, shown

@@ -12,6 +12,7 @@ import importlib
 import io as bytes_io
 import json
 import math
+import re
 import sys
 import types
 from pathlib import Path
@@ -219,6 +220,25 @@ def test_apply_offset_node_edge_cases(sync_nodes):
         sync_nodes.MMGSyncApplyOffset.execute({"waveform": torch.ones(16000)}, delay_s=0.1)
 
 
+def test_apply_offset_shows_what_it_did_on_the_node(sync_nodes, monkeypatch):
+    """Inside ComfyUI (a node id in ``hidden``) the text goes to the queueing client as progress text."""
+    sent = []
+
+    class FakeServer:
+        client_id = "client-1"
+
+        def send_progress_text(self, text, node_id, sid=None):
+            sent.append((text, node_id, sid))
+
+    monkeypatch.setitem(sys.modules, "server", types.SimpleNamespace(PromptServer=types.SimpleNamespace(instance=FakeServer())))
+    audio = {"waveform": torch.ones(1, 1, 16000), "sample_rate": 16000}
+    out = sync_nodes.MMGSyncApplyOffset.execute(audio, delay_s=0.25)  # called directly: no node id, nothing sent
+    assert sent == []
+    node = sync_nodes.MMGSyncApplyOffset.PREPARE_CLASS_CLONE({sync_nodes.io.Hidden.unique_id: "12"})
+    out = node.execute(audio, delay_s=0.25)
+    assert sent == [(out.ui["text"][0], "12", "client-1")] and sent[0][0].startswith("audio moved +0.2500 s")
+
+
 # ----------------------------------------------------------------------------------------------
 # Overlay, figure, report, checks
 
@@ -327,9 +347,15 @@ def test_sync_score_workflow_scores_a_generated_clip(sync_server, tmp_path):
     prompt = quick_sync_prompt()
     score_id = next(i for i, node in prompt.items() if node["class_type"] == "MMGSyncScore")
     report_id = next(i for i, node in prompt.items() if node["class_type"] == "PreviewAny")
-    entry = sync_server.run(prompt, timeout=600)
+    with sync_server.listen() as ws:
+        entry = sync_server.run(prompt, timeout=600, client_id=ws.client_id)
+        ws.wait_event("execution_success", timeout=60)
+        shown = dict(ws.progress_texts())
     report = entry["outputs"][score_id]["text"][0]
     assert "CAM-Sync" in report and "audio late" in report and "16 frames at 10 fps (1.60 s)" in report
+    # The node itself shows the numbers in the UI (score, offset, confidence, lag 0), or why there are none.
+    assert re.fullmatch(r"CAM-Sync -?\d\.\d{3}, offset [+-]\d\.\d{3} s, confidence \d\.\d{3}, at lag 0 -?\d\.\d{3}",
+                        shown[score_id]) or shown[score_id].startswith("unsynchronizable: "), shown
     assert entry["outputs"][report_id]["text"][0] == report  # the report node shows the same text
     plots = [item for item in output_files(entry, score_id) if item.filename.endswith(".png")]
     assert len(plots) == 1
