@@ -84,6 +84,27 @@ LOAD_API_JS = """async (wf, name) => {
 }"""
 
 
+# Queue the loaded graph as a user's Queue button does, then wait until each given node shows a text
+# preview (the "$$node-text-preview" widget the frontend adds for a node's progress text).
+RUN_AND_READ_NODE_TEXTS_JS = """async (nodeIds, timeoutMs) => {
+  const app = window.app ?? window.comfyAPI.app.app;
+  await app.queuePrompt(0, 1);
+  const deadline = Date.now() + timeoutMs;
+  let texts = {};
+  while (Date.now() < deadline) {
+    texts = {};
+    for (const id of nodeIds) {
+      const node = app.graph.getNodeById(Number(id)) ?? app.graph.getNodeById(id);
+      const preview = node?.widgets?.find((w) => w.name === '$$node-text-preview');
+      if (preview?.value) texts[id] = String(preview.value);
+    }
+    if (Object.keys(texts).length === nodeIds.length) break;
+    await new Promise((resolve) => setTimeout(resolve, 250));
+  }
+  return texts;
+}"""
+
+
 class BrowserCheckError(RuntimeError):
     """The browser or the page could not be brought up (not a finding about a workflow)."""
 
@@ -477,6 +498,23 @@ def check_workflows(server_url: str, workflow_paths: Sequence[str | os.PathLike]
         finally:
             cdp.close()
     return report
+
+
+def node_texts_after_run(server_url: str, workflow_path: str | os.PathLike, node_ids: Sequence[str],
+                         timeout: float = 300.0, boot_timeout: float = 120.0) -> dict[str, str]:
+    """Load one workflow, queue it from the page, and return the text each of ``node_ids`` shows on
+    the canvas (only the nodes that showed one within ``timeout``)."""
+    with Chromium() as browser:
+        cdp = CdpSession(browser.page_ws_url())
+        try:
+            open_app(cdp, server_url, boot_timeout)
+            result = check_one(cdp, Path(workflow_path), 60.0, server_url)
+            if not result.ok:
+                raise BrowserCheckError(f"{workflow_path} did not load: {result.summary()}")
+            expression = f"({RUN_AND_READ_NODE_TEXTS_JS})({json.dumps(list(node_ids))}, {int(timeout * 1000)})"
+            return cdp.evaluate(expression, timeout=timeout + 10) or {}
+        finally:
+            cdp.close()
 
 
 def screenshot(server_url: str, workflow_path: str | os.PathLike, png_path: str | os.PathLike,
