@@ -34,19 +34,20 @@ def _device(name: str) -> torch.device:
 SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "models" / "mmg-world-v1.safetensors"
 
 
-def _conditioning(args: argparse.Namespace, config):
+def _conditioning(args: argparse.Namespace, loaded):
+    config = loaded.config
     if not config.text_conditioned:
         if args.prompt:
             raise ValueError(f"{args.model} is an unconditional model: drop --prompt")
         return None
     if not args.prompt:
         raise ValueError(f"{args.model} is text-conditioned: give --prompt 'what to see and hear'")
-    from .conditioning import encode_prompts, unread_prompt_notes
+    from .conditioning import encode_prompts, prompt_notes
     from .text import default_text_encoder
 
     encoder = default_text_encoder()
     conditioning = encode_prompts(encoder, args.prompt, args.audio_prompt, args.negative_prompt)
-    for note in unread_prompt_notes(encoder, conditioning):
+    for note in prompt_notes(encoder, conditioning, world_vocabulary=loaded.trained_on_world):
         print(f"warning: {note}", file=sys.stderr)
     return conditioning
 
@@ -54,7 +55,7 @@ def _conditioning(args: argparse.Namespace, config):
 def cmd_generate(args: argparse.Namespace) -> int:
     args.model = args.model or str(SHIPPED_MODEL)
     loaded = checkpoint.load_model(args.model, device=_device(args.device))
-    conditioning = _conditioning(args, loaded.config)
+    conditioning = _conditioning(args, loaded)
     guidance = Guidance(video_cfg=args.video_cfg, audio_cfg=args.audio_cfg, modality=args.modality)
     settings = GenerationSettings(seed=args.seed, steps=args.steps, sampler=args.sampler, batch_size=args.batch_size,
                                   guidance=guidance)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -44,6 +44,12 @@ class LoadedModel:
     config: MMDiffusionConfig
     family: str
     path: str
+    metadata: dict[str, str] = field(default_factory=dict)  # the safetensors header's (empty for .pt files)
+
+    @property
+    def trained_on_world(self) -> bool:
+        """Exported by ``python -m mmg_core export`` from a ``train`` run: it knows only the synthetic world."""
+        return "mmg.train_config" in self.metadata
 
 
 def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -142,7 +148,8 @@ def load_model(
             f"in {Path(path).with_suffix('.json').name} beside it."
         )
         raise CheckpointError(f"{error}.{hint}") from error
-    return LoadedModel(model=model.to(device=device, dtype=dtype).eval(), config=config, family=FAMILY, path=str(path))
+    return LoadedModel(model=model.to(device=device, dtype=dtype).eval(), config=config, family=FAMILY, path=str(path),
+                       metadata=metadata)
 
 
 def save_safetensors(

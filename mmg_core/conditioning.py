@@ -12,6 +12,7 @@ from typing import Protocol
 import torch
 
 from .models.mmdiffusion import TextContext
+from .world.captions import vocabulary_notes
 
 
 class EncodedText(Protocol):
@@ -89,6 +90,15 @@ def unread_prompt_notes(encoder: TruncatingEncoder, conditioning: Conditioning) 
         if tail:
             notes.append(f"{name} is longer than the text encoder reads: the model ignores its end, "
                          f"{tail!r}; shorten the prompt to keep those words")
+    return notes
+
+
+def prompt_notes(encoder: TruncatingEncoder, conditioning: Conditioning, world_vocabulary: bool = False) -> list[str]:
+    """Every warning about the prompts: words past the encoder's limit, and, for a model trained on the
+    synthetic world (``world_vocabulary``), what the video prompt leaves to chance (captions.vocabulary_notes)."""
+    notes = unread_prompt_notes(encoder, conditioning)
+    if world_vocabulary:
+        notes += [f"video_prompt: {note}" for note in vocabulary_notes(conditioning.video_prompt)]
     return notes
 
 

@@ -56,6 +56,7 @@ class MMGModel:
     config: MMDiffusionConfig
     family: str
     name: str
+    trained_on_world: bool = False  # knows only the synthetic world's vocabulary (checkpoint.LoadedModel)
 
     def load_to_device(self) -> torch.nn.Module:
         """Ask ComfyUI for room on its compute device and return the model placed there."""
@@ -80,4 +81,5 @@ def load_mmg_model(name: str, weight_dtype: str = "auto") -> MMGModel:
     dtype = choose_dtype(weight_dtype, load_device)
     loaded = checkpoint.load_model(path, device="cpu", dtype=dtype)
     patcher = comfy.model_patcher.ModelPatcher(loaded.model, load_device=load_device, offload_device=mm.unet_offload_device())
-    return MMGModel(patcher=patcher, config=loaded.config, family=loaded.family, name=name)
+    return MMGModel(patcher=patcher, config=loaded.config, family=loaded.family, name=name,
+                    trained_on_world=loaded.trained_on_world)

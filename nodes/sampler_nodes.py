@@ -10,7 +10,7 @@ import comfy.utils
 from comfy_api.latest import io
 
 from ..mmg_core.av import AV
-from ..mmg_core.conditioning import Conditioning, Guidance, encode_prompts, unread_prompt_notes
+from ..mmg_core.conditioning import Conditioning, Guidance, encode_prompts, prompt_notes
 from ..mmg_core.pipeline import MAX_BATCH_SIZE, GenerationSettings, decode, generate, preview_frames
 from ..mmg_core.sampling import sampler_names
 from ..mmg_core.text import default_text_encoder
@@ -107,7 +107,7 @@ class MMGTextEncode(io.ComfyNode):
         negative_audio = negative_audio_prompt if negative_audio_prompt.strip() else None
         encoder = default_text_encoder()
         conditioning = encode_prompts(encoder, video_prompt, audio_prompt or None, negative_video_prompt, negative_audio)
-        notes = unread_prompt_notes(encoder, conditioning)
+        notes = prompt_notes(encoder, conditioning, world_vocabulary=model.trained_on_world)
         for note in notes:  # the server log, the node in the UI, and the node's text in /history
             logging.warning("MMG Text Encode: %s", note)
         adapters.show_text_on_node(cls, "\n".join(notes))

@@ -114,6 +114,23 @@ def test_repo_pack_imports_without_failure(comfy_server):
     comfy_server.assert_imported("ComfyUI-MMG")
 
 
+def test_pack_code_imports_its_own_modules_relatively():
+    """Inside ComfyUI the pack is custom_nodes/ComfyUI-MMG with mmg_core as its subpackage, so an absolute
+    ``import mmg_core...`` works only from a checkout on sys.path: one in world/config.py broke the node
+    import as soon as a node module first reached mmg_core.world."""
+    import ast
+
+    absolute = []
+    for path in [REPO_ROOT / "__init__.py", *sorted((REPO_ROOT / "nodes").rglob("*.py")),
+                 *sorted((REPO_ROOT / "mmg_core").rglob("*.py"))]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            absolute += [f"{path.relative_to(REPO_ROOT)}:{node.lineno}" for name in names
+                         if name.split(".")[0] in ("mmg_core", "nodes")]
+    assert not absolute, absolute
+
+
 def test_models_dir_is_the_folder_the_pack_registered(comfy_server):
     path = comfy_server.models_dir("mmg")
     assert path == comfy_server.base / "models" / "mmg" and path.is_dir()

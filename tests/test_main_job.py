@@ -121,7 +121,8 @@ def test_example_prompts_speak_the_world_models_language():
 def test_batch_spreads_prompts_over_given_and_started_servers(comfy_server, tmp_path):
     prompts = write_prompts(tmp_path, [
         "a red ball bouncing fast, a high click at every bounce, on a dark background",
-        "a blue lamp blinking slowly, on a light background | a low beep while it is lit",
+        # tempo in words the shipped world model was not trained on: the manifest passes on its warning
+        "a blue lamp blinking unhurriedly, on a light background | a low beep while it is lit",
         # too long for the text encoder: its last words are dropped, and the manifest says which
         "a stick striking a green drum quickly, a deep thump at every strike, on a dark background, "
         "heard from the very back of a large and echoing concert hall",
@@ -142,7 +143,9 @@ def test_batch_spreads_prompts_over_given_and_started_servers(comfy_server, tmp_
     for entry in entries:
         assert entry["status"] == "ok" and entry["prompt_id"], entry
         assert stream_types(out / entry["output"]) == ["audio", "video"], entry
-    assert entries[0]["warnings"] == entries[1]["warnings"] == []
+    assert entries[0]["warnings"] == []
+    [note] = entries[1]["warnings"]
+    assert note.startswith("video_prompt: the prompt's tempo words were not in the model's training captions"), note
     [note] = entries[2]["warnings"]
     assert note.startswith("video_prompt is longer than the text encoder reads") and "'concert hall'" in note
     # Three prompts, at most two in flight per server: both servers got work.

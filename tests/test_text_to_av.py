@@ -312,6 +312,17 @@ def test_cli_generate_with_prompt(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     [warning] = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert "video_prompt is longer than the text encoder reads" in warning and "end, 'a white lamp blinking slowly, a low beep while it is lit,'" in warning
+    # A model exported from a `train` run knows only the synthetic world: a prompt outside it is warned about.
+    world_path = tmp_path / "tiny_world_trained.safetensors"
+    checkpoint.save_safetensors(randomise(MMDiffusionUNet(TINY_WORLD)), world_path, {"mmg.train_config": "{}"})
+    result = subprocess.run(
+        [sys.executable, "-m", "mmg_core", "generate", "--model", str(world_path), "--prompt", "a dog barking",
+         "--seed", "5", "--steps", "1", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: video_prompt: ")]
+    assert len(warnings) == 3 and "no scene" in warnings[0] and "no colour" in warnings[1] and "no tempo" in warnings[2]
     missing = subprocess.run([sys.executable, "-m", "mmg_core", "generate", "--model", str(model_path), "--out", str(out)],
                              cwd=REPO, capture_output=True, text=True, timeout=600)
     assert missing.returncode == 2 and "--prompt" in missing.stderr

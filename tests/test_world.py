@@ -240,6 +240,26 @@ def test_captions_name_every_attribute():
     assert render_clip(spec, CONFIG).caption == render_clip(spec, CONFIG).caption
 
 
+def test_vocabulary_notes_say_what_a_prompt_leaves_to_chance():
+    rng = np.random.default_rng(3)
+    for _ in range(300):  # a training caption leaves nothing to chance; a held-out one only its tempo wording
+        spec = sample_spec(rng, CONFIG, split="all")
+        assert captions.vocabulary_notes(caption_for(spec, rng, "train")) == []
+        [note] = captions.vocabulary_notes(caption_for(spec, rng, "eval"))
+        assert "not in the model's training captions" in note and "'slowly'" in note
+    notes = captions.vocabulary_notes("a dog barking")
+    assert [n.split(":")[0] for n in notes] == ["the prompt names no scene the model knows (ball, bar, drum, lamp)",
+                                               "the prompt names no colour the model knows "
+                                               "(blue, green, orange, purple, red, white, yellow)",
+                                               "the prompt names no tempo"]
+    assert captions.vocabulary_notes("a red and blue ball and a drum, fast then slowly") == [
+        "the prompt names several scenes (ball, drum): a clip shows only one",
+        "the prompt names several colours (blue, red): a clip shows only one",
+        "the prompt asks for both tempos (fast, slow): a clip has one"]
+    assert captions.trained_tempos("A Red Ball Bouncing At A Leisurely Pace") == {"slow"}
+    assert captions.trained_tempos("a ball bouncing at a quick tempo") == set()  # held-out wording
+
+
 def test_held_out_tempo_words_never_occur_in_training_phrases():
     """The words that name a tempo in held-out wording ("briskly", "unhurriedly", ...) appear in no training
     phrase, so an evaluation prompt's tempo can only be understood, not recognised."""

@@ -231,3 +231,43 @@ def caption_attributes(caption: str) -> dict[str, set[str]]:
         attribute: {value for value, names in table.items() if words & set(names)}
         for attribute, table in ATTRIBUTE_WORDS.items()
     }
+
+
+# ----------------------------------------------------------------------------------------------
+# What a prompt leaves to chance with a model trained on this world
+
+
+def trained_tempos(prompt: str) -> set[str]:
+    """The tempos whose *training* phrases occur in ``prompt`` (whole words, any case)."""
+    return {tempo for tempo, words in TEMPO_WORDS.items() if any(phrase_pattern(p).search(prompt) for p in words["train"])}
+
+
+def _listed(names) -> str:
+    return ", ".join(sorted(names))
+
+
+def vocabulary_notes(prompt: str) -> list[str]:
+    """Warnings for a prompt to a model trained on this world: it can draw only the world's scenes and
+    colours, and reads tempo reliably only in the phrases it was trained on (unseen tempo words are
+    often misread: the model card's "known limits"). One line per attribute left to chance; [] when the
+    prompt names one scene, one colour and a trained tempo phrase.
+    """
+    read = caption_attributes(prompt)
+    notes = []
+    scenes = {"ball": "ball", "drum": "drum", "lamp": "lamp", "slider": "bar"}
+    for attribute, known in (("scene", _listed(scenes.values())), ("colour", _listed(COLOURS))):
+        found = read[attribute]
+        if not found:
+            notes.append(f"the prompt names no {attribute} the model knows ({known}): it will pick one at random")
+        elif len(found) > 1:
+            notes.append(f"the prompt names several {attribute}s ({_listed(found)}): a clip shows only one")
+    examples = "'fast', 'quickly', 'slowly' or 'at a leisurely pace'"
+    tempos = trained_tempos(prompt)
+    if len(tempos) > 1:
+        notes.append(f"the prompt asks for both tempos ({_listed(tempos)}): a clip has one")
+    elif not tempos and read["tempo"]:
+        notes.append(f"the prompt's tempo words were not in the model's training captions and are often misread; "
+                     f"say it with a trained phrase such as {examples}")
+    elif not tempos:
+        notes.append(f"the prompt names no tempo: fast or slow is left to chance; add e.g. {examples}")
+    return notes

@@ -6,7 +6,7 @@ import itertools
 import numbers
 from dataclasses import dataclass
 
-from mmg_core.media import audio_length_for_video
+from ..media import audio_length_for_video
 
 SCENES = ("ball", "drum", "lamp", "slider")
 TEMPOS = ("slow", "fast")
