@@ -110,7 +110,10 @@ class MMGTextEncode(io.ComfyNode):
         notes = prompt_notes(encoder, conditioning, world_vocabulary=model.trained_on_world)
         for note in notes:  # the server log, the node in the UI, and the node's text in /history
             logging.warning("MMG Text Encode: %s", note)
-        adapters.show_text_on_node(cls, "\n".join(notes))
+        # Always show something: the frontend keeps a node's last text, so a fixed prompt must replace the warning.
+        all_clear = "no warnings: the prompts fit the text encoder" + (
+            " and name a scene, a colour and a tempo the model was trained on" if model.trained_on_world else "")
+        adapters.show_text_on_node(cls, "\n".join(notes) or all_clear)
         return io.NodeOutput(conditioning, ui={"text": tuple(notes)} if notes else None)
 
 

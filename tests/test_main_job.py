@@ -226,3 +226,12 @@ def test_text_encode_shows_the_words_it_drops_on_the_node(comfy_server):
     [note] = entry["outputs"][nodes["MMGTextEncode"]]["text"]
     assert note.startswith("video_prompt is longer than the text encoder reads") and "garden fence" in note, note
     assert (nodes["MMGTextEncode"], note) in shown, shown
+    # Fixed, the prompt's run replaces the warning on the node (the frontend keeps a node's last text).
+    prompt[nodes["MMGTextEncode"]]["inputs"]["video_prompt"] = "a yellow ball bouncing slowly, a low knock at every bounce"
+    with comfy_server.listen() as ws:
+        prompt_id = comfy_server.queue(prompt, client_id=ws.client_id)
+        ws.wait_event("execution_success", timeout=300, prompt_id=prompt_id)
+        shown = ws.progress_texts()
+    assert (nodes["MMGTextEncode"], "no warnings: the prompts fit the text encoder and name a scene, a colour and a "
+                                    "tempo the model was trained on") in shown, shown
+    assert "text" not in comfy_server.wait(prompt_id, timeout=60)["outputs"].get(nodes["MMGTextEncode"], {})

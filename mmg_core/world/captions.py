@@ -254,8 +254,7 @@ def vocabulary_notes(prompt: str) -> list[str]:
     """
     read = caption_attributes(prompt)
     notes = []
-    scenes = {"ball": "ball", "drum": "drum", "lamp": "lamp", "slider": "bar"}
-    for attribute, known in (("scene", _listed(scenes.values())), ("colour", _listed(COLOURS))):
+    for attribute, known in (("scene", "ball, bar, drum, lamp"), ("colour", _listed(COLOURS))):
         found = read[attribute]
         if not found:
             notes.append(f"the prompt names no {attribute} the model knows ({known}): it will pick one at random")
