@@ -323,6 +323,8 @@ class Batch:
             job.status = "ok"
             main_job.say(f"[{job.prompt.index}/{len(self.jobs)}] ok  {job.output}  ({server.url}, "
                          f"{attempt.seconds:.1f} s)")
+            for note in attempt.warnings:
+                main_job.warn(f"[{job.prompt.index}/{len(self.jobs)}] warning: {note}")
         elif self._can_retry(job):
             main_job.warn(f"[{job.prompt.index}/{len(self.jobs)}] failed on {server.url}: {attempt.message}; "
                           "retrying on another server")

@@ -148,6 +148,7 @@ def test_batch_spreads_prompts_over_given_and_started_servers(comfy_server, tmp_
     assert note.startswith("video_prompt: the prompt's tempo words were not in the model's training captions"), note
     [note] = entries[2]["warnings"]
     assert note.startswith("video_prompt is longer than the text encoder reads") and "'concert hall'" in note
+    assert f"[3/3] warning: {note}" in result.stderr  # and the console says so as the clip arrives
     # Three prompts, at most two in flight per server: both servers got work.
     servers = {entry["server"] for entry in entries}
     started = [s["url"] for s in manifest["servers"] if s["started_here"]]
