@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from mmg_core.sync.backbones import DEFAULT_FRAME_SIZE, load_sync_models  # noqa: E402
 from mmg_core.sync.calibration import REAL_ROLLS_S, REAL_TOLERANCE_S, ZERO_TOLERANCE_S, open_film  # noqa: E402
-from mmg_core.sync.camsync import SyncResult  # noqa: E402
+from mmg_core.sync.camsync import SyncResult, _peak  # noqa: E402
 from study_report import write_study_report  # noqa: E402 (a sibling script)
 from sync_variant_study import cached_energies, correlation, study_segments  # noqa: E402
 
@@ -58,17 +58,11 @@ METHODS = {"cam_sync": ("audiocam", "videocam+turn", "dense"), "onset_sync": ("l
 
 
 def penalised_offset(result: SyncResult, penalty: float) -> float:
-    """The lag (s) maximising r(L) - penalty |L| / max lag, parabola-refined like camsync._peak."""
+    """The lag (s) maximising r(L) - penalty |L| / max lag, refined between steps as CAM-Sync's own peak."""
     lags, r = result.lags_s, result.correlation
-    scored = r - penalty * np.abs(lags) / np.abs(lags).max()
-    index = int(np.argmax(scored))
-    lag = float(lags[index])
-    if 0 < index < r.size - 1:
-        left, mid, right = scored[index - 1], scored[index], scored[index + 1]
-        curvature = left - 2.0 * mid + right
-        if curvature < 0:
-            lag += float(np.clip(0.5 * (left - right) / curvature, -0.5, 0.5)) * float(lags[1] - lags[0])
-    return lag
+    step = float(lags[1] - lags[0])
+    _, lag_steps = _peak(r - penalty * np.abs(lags) / np.abs(lags).max(), np.round(lags / step))
+    return lag_steps * step
 
 
 def offsets_per_segment(records: list[dict], method: str) -> list[dict[float, SyncResult | None]]:

@@ -78,7 +78,7 @@ def with_training_wording(item: EvalPrompt) -> EvalPrompt:
 
 
 def swapped_prompts_json(prompts_path: str | Path = DEFAULT_PROMPTS_PATH, wording: str = "plain") -> str:
-    """The prompts file at ``prompts_path`` with its held-out tempo phrases swapped, as JSON text."""
+    """The prompts file at ``prompts_path`` reworded as ``wording`` says (see the module doc), as JSON text."""
     if wording not in WORDINGS:
         raise ValueError(f"wording must be one of {list(WORDINGS)}, got {wording!r}")
     source = json.loads(Path(prompts_path).read_text())

@@ -52,6 +52,6 @@ def test_queued_from_the_page_text_encode_shows_the_dropped_words_on_its_node(co
         "window of a small wooden hut at the edge of a quiet pine forest")
     path = tmp_path / "long_prompt.json"
     path.write_text(json.dumps(workflow))
-    texts = node_texts_after_run(comfy_server.url, path, [nodes["MMGTextEncode"]])
+    texts = node_texts_after_run(comfy_server.url, path, [nodes["MMGTextEncode"]], timeout=120)  # 1 step: seconds
     shown = texts.get(nodes["MMGTextEncode"], "")
     assert shown.startswith("video_prompt is longer than the text encoder reads") and "pine forest" in shown, texts
